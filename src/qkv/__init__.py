@@ -1,0 +1,53 @@
+"""qkv: the Transformer family, from attention up, on PyTorch.
+
+The building blocks are importable from here; models live in :mod:`qkv.models`.
+"""
+
+from qkv.attention import (
+    Attention,
+    AttentionOutput,
+    KVCache,
+    MultiHeadAttention,
+    attention_scores,
+    attention_weights,
+    scaled_dot_product_attention,
+)
+from qkv.embedding import TokenEmbedding
+from qkv.layers import (
+    AddNorm,
+    Decoder,
+    DecoderCache,
+    DecoderLayer,
+    Encoder,
+    EncoderLayer,
+    FeedForward,
+)
+from qkv.masks import causal_mask, padding_mask_from_ids
+from qkv.models import Transformer, TransformerConfig
+from qkv.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AddNorm",
+    "Attention",
+    "AttentionOutput",
+    "Decoder",
+    "DecoderCache",
+    "DecoderLayer",
+    "Encoder",
+    "EncoderLayer",
+    "FeedForward",
+    "KVCache",
+    "LearnedPositionalEmbedding",
+    "MultiHeadAttention",
+    "SinusoidalPositionalEncoding",
+    "TokenEmbedding",
+    "Transformer",
+    "TransformerConfig",
+    "attention_scores",
+    "attention_weights",
+    "causal_mask",
+    "padding_mask_from_ids",
+    "scaled_dot_product_attention",
+]

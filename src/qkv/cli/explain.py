@@ -1,0 +1,27 @@
+"""``qkv explain``: the worked self-attention example of seed 001, step by step."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from qkv.explain import render, worked_example
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "explain",
+        help="print the worked self-attention example step by step",
+        description=__doc__,
+    )
+    parser.add_argument(
+        "--scaled",
+        action="store_true",
+        help="divide the scores by sqrt(d_k) as the Transformer does (the document does not)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(render(worked_example(scaled=args.scaled)))
+    return 0

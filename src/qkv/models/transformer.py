@@ -1,0 +1,245 @@
+"""The encoder–decoder Transformer for translation (Vaswani et al. 2017, figure 1).
+
+Source ids -> embedding · sqrt(d) + positional encoding -> encoder (N layers) ->
+memory; target ids (shifted right) -> embedding + positions -> decoder (masked
+self-attention, cross-attention to the memory) -> linear to vocabulary logits.
+
+Notation: b batch, k source length, q target length, d ``d_model``, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from qkv.embedding import TokenEmbedding
+from qkv.layers import (
+    Activation,
+    Decoder,
+    DecoderCache,
+    DecoderLayer,
+    DecoderOutput,
+    Encoder,
+    EncoderLayer,
+    EncoderOutput,
+)
+from qkv.masks import padding_mask_from_ids
+from qkv.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+
+__all__ = ["Seq2SeqOutput", "Transformer", "TransformerConfig"]
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Sizes and switches of the seq2seq Transformer; defaults are the paper's base model."""
+
+    src_vocab_size: int
+    tgt_vocab_size: int
+    d_model: int = 512
+    num_heads: int = 8
+    num_encoder_layers: int = 6
+    num_decoder_layers: int = 6
+    d_ff: int = 2048
+    dropout: float = 0.1  # on embeddings + positions and on every sublayer output
+    # Not in the paper. Off by default: on the CPU any attention dropout makes the
+    # fused kernel fall back to building the q × k matrix.
+    attention_dropout: float = 0.0
+    activation: Activation = "relu"
+    norm_first: bool = False  # the paper is post-norm
+    layer_norm_eps: float = 1e-5
+    positional: Literal["sinusoidal", "learned"] = "sinusoidal"
+    max_len: int = 1024  # longest source or target sequence
+    share_embeddings: bool = False  # one embedding for source and target (joint vocabulary)
+    tie_output: bool = True  # output projection reuses the target embedding (section 3.4)
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "d_ff", "max_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.num_heads != 0:
+            raise ValueError(f"num_heads ({self.num_heads}) must divide d_model ({self.d_model})")
+        if self.num_encoder_layers < 1 or self.num_decoder_layers < 1:
+            raise ValueError(
+                "num_encoder_layers and num_decoder_layers must be at least 1, got "
+                f"{self.num_encoder_layers} and {self.num_decoder_layers}"
+            )
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.positional not in ("sinusoidal", "learned"):
+            raise ValueError(f"positional must be 'sinusoidal' or 'learned', got {self.positional!r}")
+        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
+            raise ValueError(
+                "share_embeddings needs one vocabulary, got src_vocab_size "
+                f"{self.src_vocab_size} and tgt_vocab_size {self.tgt_vocab_size}"
+            )
+        if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
+            raise ValueError(f"pad_id ({self.pad_id}) must be a valid id in both vocabularies")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def base(cls, src_vocab_size: int, tgt_vocab_size: int, **overrides: Any) -> TransformerConfig:
+        """The paper's base model: 512 wide, 8 heads, 6 + 6 layers, feed-forward 2048."""
+        return cls(src_vocab_size, tgt_vocab_size, **overrides)
+
+    @classmethod
+    def tiny(cls, src_vocab_size: int, tgt_vocab_size: int, **overrides: Any) -> TransformerConfig:
+        """A model for tests and toy tasks: 64 wide, 4 heads, 2 + 2 layers."""
+        sizes: dict[str, Any] = dict(
+            d_model=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=2, d_ff=128
+        )
+        return cls(src_vocab_size, tgt_vocab_size, **{**sizes, **overrides})
+
+
+@dataclass
+class Seq2SeqOutput:
+    """``logits`` ``(b, q, V)``, plus the encoder and decoder outputs (with weights
+    when asked for)."""
+
+    logits: Tensor
+    encoder: EncoderOutput
+    decoder: DecoderOutput
+
+
+class Transformer(nn.Module):
+    """Encoder–decoder Transformer.
+
+    ``forward(src_ids, tgt_ids)`` is the training pass (teacher forcing: ``tgt_ids``
+    starts with BOS and is the target shifted right). For generation use
+    :meth:`encode` once, then :meth:`decode` with a cache from :meth:`init_cache`,
+    one token at a time.
+    """
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.src_embed = TokenEmbedding(c.src_vocab_size, c.d_model, padding_idx=c.pad_id, scale=True)
+        self.tgt_embed = (
+            self.src_embed
+            if c.share_embeddings
+            else TokenEmbedding(c.tgt_vocab_size, c.d_model, padding_idx=c.pad_id, scale=True)
+        )
+        positional = (
+            SinusoidalPositionalEncoding if c.positional == "sinusoidal" else LearnedPositionalEmbedding
+        )
+        self.src_positional = positional(c.d_model, c.max_len)
+        self.tgt_positional = positional(c.d_model, c.max_len)
+        self.dropout = nn.Dropout(c.dropout)
+        layer_args: dict[str, Any] = dict(
+            dropout=c.dropout,
+            attention_dropout=c.attention_dropout,
+            activation=c.activation,
+            norm_first=c.norm_first,
+            layer_norm_eps=c.layer_norm_eps,
+        )
+        self.encoder = Encoder(
+            EncoderLayer(c.d_model, c.num_heads, c.d_ff, **layer_args), c.num_encoder_layers
+        )
+        self.decoder = Decoder(
+            DecoderLayer(c.d_model, c.num_heads, c.d_ff, **layer_args), c.num_decoder_layers
+        )
+        self.output_proj = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform for every matrix in the stacks (the reference
+        implementation's choice); embeddings N(0, d^-0.5), so that times sqrt(d)
+        they have unit scale; the padding row zero."""
+        for p in [*self.encoder.parameters(), *self.decoder.parameters()]:
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        for embed in {self.src_embed, self.tgt_embed}:
+            nn.init.normal_(embed.weight, std=self.config.d_model**-0.5)
+            with torch.no_grad():
+                embed.weight[self.config.pad_id].zero_()
+        if self.config.tie_output:
+            self.output_proj.weight = self.tgt_embed.weight
+        else:
+            nn.init.xavier_uniform_(self.output_proj.weight)
+
+    def encode(
+        self,
+        src_ids: Tensor,
+        *,
+        src_key_padding_mask: Tensor | None = None,
+        need_weights: bool | Sequence[int] = False,
+    ) -> EncoderOutput:
+        """Shape: src_ids ``(b, k)``; mask ``(b, k)`` True = real token (default:
+        ``src_ids != pad_id``). Returns ``last_hidden_state`` ``(b, k, d)``."""
+        if src_key_padding_mask is None:
+            src_key_padding_mask = padding_mask_from_ids(src_ids, self.config.pad_id)
+        x = self.dropout(self.src_positional(self.src_embed(src_ids)))  # (b, k, d)
+        return self.encoder(x, key_padding_mask=src_key_padding_mask, need_weights=need_weights)
+
+    def init_cache(self) -> DecoderCache:
+        """An empty cache for :meth:`decode`, one token at a time."""
+        return self.decoder.init_cache()
+
+    def decode(
+        self,
+        tgt_ids: Tensor,
+        memory: Tensor,
+        *,
+        memory_key_padding_mask: Tensor | None = None,
+        tgt_key_padding_mask: Tensor | None = None,
+        cache: DecoderCache | None = None,
+        need_weights: bool | Sequence[int] = False,
+    ) -> DecoderOutput:
+        """Run the decoder on target ids (the new ones only, with a ``cache``).
+
+        Shape: tgt_ids ``(b, q)``, memory ``(b, k, d)``, masks ``(b, k)`` and
+        ``(b, q_total)``, True = real token. Returns ``last_hidden_state``
+        ``(b, q, d)``; :attr:`output_proj` turns it into logits.
+        """
+        offset = 0 if cache is None else cache.offset
+        x = self.dropout(self.tgt_positional(self.tgt_embed(tgt_ids), offset))  # (b, q, d)
+        return self.decoder(
+            x,
+            memory,
+            key_padding_mask=tgt_key_padding_mask,
+            memory_key_padding_mask=memory_key_padding_mask,
+            need_weights=need_weights,
+            cache=cache,
+        )
+
+    def forward(
+        self,
+        src_ids: Tensor,
+        tgt_ids: Tensor,
+        *,
+        src_key_padding_mask: Tensor | None = None,
+        tgt_key_padding_mask: Tensor | None = None,
+        need_weights: bool | Sequence[int] = False,
+    ) -> Seq2SeqOutput:
+        """Teacher-forced pass. Padding masks default to ``ids != pad_id``.
+
+        Shape: src_ids ``(b, k)``, tgt_ids ``(b, q)`` -> logits ``(b, q, V)``.
+        """
+        if src_ids.dim() != 2 or tgt_ids.dim() != 2 or src_ids.shape[0] != tgt_ids.shape[0]:
+            raise ValueError(
+                "src_ids and tgt_ids must be (batch, length) with the same batch, got "
+                f"{tuple(src_ids.shape)} and {tuple(tgt_ids.shape)}"
+            )
+        if src_key_padding_mask is None:
+            src_key_padding_mask = padding_mask_from_ids(src_ids, self.config.pad_id)
+        if tgt_key_padding_mask is None:
+            tgt_key_padding_mask = padding_mask_from_ids(tgt_ids, self.config.pad_id)
+        encoded = self.encode(
+            src_ids, src_key_padding_mask=src_key_padding_mask, need_weights=need_weights
+        )
+        decoded = self.decode(
+            tgt_ids,
+            encoded.last_hidden_state,
+            memory_key_padding_mask=src_key_padding_mask,
+            tgt_key_padding_mask=tgt_key_padding_mask,
+            need_weights=need_weights,
+        )
+        return Seq2SeqOutput(self.output_proj(decoded.last_hidden_state), encoded, decoded)

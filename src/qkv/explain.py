@@ -144,7 +144,7 @@ def render(example: WorkedExample) -> str:
         ]
     else:
         lines += [
-            "4. Scores: querys @ keys.T (unscaled, as in the document; --scaled divides by sqrt(3))",
+            "4. Scores: querys @ keys.T (unscaled as in the document; --scaled divides by sqrt(3))",
             "   row i holds input i's query against every key; input 1's row is",
             f"   [1, 0, 2] . keys = {[round(v) for v in e.scores[0].tolist()]}",
         ]

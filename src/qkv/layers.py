@@ -61,7 +61,9 @@ class FeedForward(nn.Module):
     ) -> None:
         super().__init__()
         if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+            raise ValueError(
+                f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
+            )
         self.activation = activation
         self.linear1 = nn.Linear(d_model, d_ff, bias=bias)
         self.linear2 = nn.Linear(d_ff, d_model, bias=bias)
@@ -135,7 +137,9 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.d_model = d_model
         self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=attention_dropout, bias=bias)
+        self.self_attn = MultiHeadAttention(
+            d_model, num_heads, dropout=attention_dropout, bias=bias
+        )
         self.self_attn_norm = AddNorm(
             d_model, dropout=dropout, norm_first=norm_first, eps=layer_norm_eps
         )
@@ -188,7 +192,9 @@ class DecoderLayer(nn.Module):
         def add_norm() -> AddNorm:
             return AddNorm(d_model, dropout=dropout, norm_first=norm_first, eps=layer_norm_eps)
 
-        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=attention_dropout, bias=bias)
+        self.self_attn = MultiHeadAttention(
+            d_model, num_heads, dropout=attention_dropout, bias=bias
+        )
         self.self_attn_norm = add_norm()
         self.cross_attn = MultiHeadAttention(
             d_model, num_heads, dropout=attention_dropout, bias=bias

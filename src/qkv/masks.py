@@ -49,7 +49,9 @@ def padding_mask_from_ids(ids: Tensor, pad_id: int) -> Tensor:
 def expand_padding_mask(mask: Tensor, batch: int, k_len: int) -> Tensor:
     """Check a ``(b, k)`` key padding mask and lift it to ``(b, 1, 1, k)``."""
     if mask.dtype != torch.bool:
-        raise ValueError(f"key_padding_mask must be torch.bool (True = real token), got {mask.dtype}")
+        raise ValueError(
+            f"key_padding_mask must be torch.bool (True = real token), got {mask.dtype}"
+        )
     if tuple(mask.shape) != (batch, k_len):
         raise ValueError(
             f"key_padding_mask must have shape (batch, k_len) = {(batch, k_len)}, "
@@ -77,7 +79,7 @@ def check_mask(mask: Tensor, q_len: int, k_len: int, batch_shape: tuple[int, ...
             "qkv does not take additive float masks"
         )
     target = (*batch_shape, q_len, k_len)
-    ok = mask.dim() >= 2 and mask.dim() <= len(target)
+    ok = 2 <= mask.dim() <= len(target)
     if ok:
         for have, want in zip(reversed(mask.shape), reversed(target), strict=False):
             if have not in (1, want):

@@ -72,7 +72,9 @@ class TransformerConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.positional not in ("sinusoidal", "learned"):
-            raise ValueError(f"positional must be 'sinusoidal' or 'learned', got {self.positional!r}")
+            raise ValueError(
+                f"positional must be 'sinusoidal' or 'learned', got {self.positional!r}"
+            )
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError(
                 "share_embeddings needs one vocabulary, got src_vocab_size "
@@ -121,14 +123,18 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.src_embed = TokenEmbedding(c.src_vocab_size, c.d_model, padding_idx=c.pad_id, scale=True)
+        self.src_embed = TokenEmbedding(
+            c.src_vocab_size, c.d_model, padding_idx=c.pad_id, scale=True
+        )
         self.tgt_embed = (
             self.src_embed
             if c.share_embeddings
             else TokenEmbedding(c.tgt_vocab_size, c.d_model, padding_idx=c.pad_id, scale=True)
         )
         positional = (
-            SinusoidalPositionalEncoding if c.positional == "sinusoidal" else LearnedPositionalEmbedding
+            SinusoidalPositionalEncoding
+            if c.positional == "sinusoidal"
+            else LearnedPositionalEmbedding
         )
         self.src_positional = positional(c.d_model, c.max_len)
         self.tgt_positional = positional(c.d_model, c.max_len)

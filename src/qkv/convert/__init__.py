@@ -1,0 +1,1 @@
+"""Checkpoint converters: Hugging Face name maps in and out, one module per model family."""

@@ -1,0 +1,1 @@
+"""Data: loaders for the real corpora and image sets, tokenizers, batching."""

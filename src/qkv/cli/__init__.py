@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from qkv.cli import explain
+from qkv.cli import explain, translate
 
-COMMANDS = (explain,)
+COMMANDS = (explain, translate)
 
 
 def build_parser() -> argparse.ArgumentParser:

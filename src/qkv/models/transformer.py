@@ -162,7 +162,10 @@ class Transformer(nn.Module):
         for p in [*self.encoder.parameters(), *self.decoder.parameters()]:
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
-        for embed in {self.src_embed, self.tgt_embed}:
+        embeddings = (
+            [self.src_embed] if self.config.share_embeddings else [self.src_embed, self.tgt_embed]
+        )
+        for embed in embeddings:
             nn.init.normal_(embed.weight, std=self.config.d_model**-0.5)
             with torch.no_grad():
                 embed.weight[self.config.pad_id].zero_()

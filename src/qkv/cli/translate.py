@@ -1,0 +1,126 @@
+"""``qkv translate``: train a German–English translator, score it, translate with it.
+
+qkv translate train --preset small --run-dir runs/de-en
+qkv translate eval runs/de-en --beam 4
+qkv translate runs/de-en "Heute gab es eine unschöne Szene im Büro."
+echo "Wie spät ist es?" | qkv translate runs/de-en
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Any
+
+USAGE = __doc__
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "translate",
+        help="train, evaluate and use a German-English translator",
+        description=USAGE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="train | eval | CHECKPOINT")
+    parser.set_defaults(run=run)
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    from qkv.tasks.translation import PRESETS
+
+    p = argparse.ArgumentParser(prog="qkv translate train")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    p.add_argument("--run-dir", default="runs/translate")
+    p.add_argument("--direction", choices=["de-en", "en-de"], default="de-en")
+    p.add_argument("--steps", type=int, help="override the preset's number of steps")
+    p.add_argument("--data", help="the dictionary file (default /usr/share/trans/de-en)")
+    p.add_argument("--limit", type=int, help="use only this many sentence pairs (smoke tests)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--beam", type=int, default=4, help="beam size of the final test scoring")
+    p.add_argument("--test-limit", type=int, help="score only the first N test sentences")
+    return p
+
+
+def _eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qkv translate eval")
+    p.add_argument("checkpoint", help="a run directory or one of its checkpoints")
+    p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--length-penalty", type=float, default=0.6)
+    p.add_argument("--average", type=int, default=1, help="average the last N checkpoints")
+    p.add_argument("--data", help="the dictionary file (default /usr/share/trans/de-en)")
+    p.add_argument("--limit", type=int, help="score only the first N test sentences")
+    p.add_argument("--examples", type=int, default=5)
+    return p
+
+
+def _translate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qkv translate")
+    p.add_argument("checkpoint", help="a run directory or one of its checkpoints")
+    p.add_argument("sentences", nargs="*", help="sentences (default: one per line on stdin)")
+    p.add_argument("--beam", type=int, default=4)
+    p.add_argument("--length-penalty", type=float, default=0.6)
+    p.add_argument("--average", type=int, default=1, help="average the last N checkpoints")
+    return p
+
+
+def _report(translator: Any, data: str | None, beam: int, limit: int | None, examples: int) -> None:
+    from qkv.data.translation import load_translation
+    from qkv.tasks.translation import evaluate_test
+
+    corpus = load_translation(data, direction=translator.direction)  # type: ignore[arg-type]
+    start = time.perf_counter()
+    scores, hypotheses = evaluate_test(translator, corpus, beam_size=beam, limit=limit)
+    seconds = time.perf_counter() - start
+    n = len(hypotheses)
+    print(f"test set: {n} sentences, beam {beam}, decoded in {seconds:.1f} s")
+    print(f"BLEU {scores['bleu']:.2f}   ({scores['bleu_signature']})")
+    print(f"chrF {scores['chrf']:.2f}   ({scores['chrf_signature']})")
+    for (source, reference), hypothesis in list(zip(corpus.test, hypotheses, strict=False))[
+        :examples
+    ]:
+        print(f"\n  source     {source}\n  reference  {reference}\n  qkv        {hypothesis}")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = list(args.args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    from qkv.tasks.translation import load_translator, train_translator
+
+    if argv[0] == "train":
+        options = _train_parser().parse_args(argv[1:])
+        train_translator(
+            options.run_dir,
+            options.preset,
+            direction=options.direction,
+            data_path=options.data,
+            resume=options.resume,
+            max_steps=options.steps,
+            limit=options.limit,
+            device=options.device,
+            seed=options.seed,
+        )
+        translator = load_translator(options.run_dir)
+        _report(translator, options.data, options.beam, options.test_limit, examples=5)
+        return 0
+    if argv[0] == "eval":
+        options = _eval_parser().parse_args(argv[1:])
+        translator = load_translator(options.checkpoint, average_last=options.average)
+        _report(translator, options.data, options.beam, options.limit, options.examples)
+        return 0
+    options = _translate_parser().parse_args(argv)
+    translator = load_translator(options.checkpoint, average_last=options.average)
+    sentences = options.sentences or [line.strip() for line in sys.stdin if line.strip()]
+    outputs = translator.translate(
+        sentences, beam_size=options.beam, length_penalty=options.length_penalty
+    )
+    for line in outputs:
+        print(line)
+    return 0

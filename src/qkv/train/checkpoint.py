@@ -1,0 +1,178 @@
+"""Checkpoints: written atomically, read without unpickling code.
+
+A checkpoint is a directory ``<run>/checkpoints/step-00001234/`` holding
+
+- ``model.safetensors``: the weights (``safetensors``; tied weights stored once);
+- ``trainer.pt``: optimizer, scheduler, gradient scaler and RNG states, read back
+  with ``torch.load(weights_only=True)`` (tensors and plain containers only);
+- ``meta.json``: the step, the position in the data, the model's family and
+  configuration (so the model rebuilds without the training command line).
+
+It is built in a temporary directory and renamed into place, and the file
+``<run>/checkpoints/latest`` (itself replaced atomically) names the newest one: a
+run killed at any moment leaves either the old or the new checkpoint, never half
+of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, load_model, save_model
+from torch import nn
+
+__all__ = [
+    "Checkpoint",
+    "average_checkpoints",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_weights",
+    "read_meta",
+    "save_checkpoint",
+    "write_json_atomic",
+]
+
+MODEL_FILE = "model.safetensors"
+TRAINER_FILE = "trainer.pt"
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+    meta: dict[str, Any]
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: nn.Module,
+    trainer_state: dict[str, Any],
+    meta: dict[str, Any],
+    *,
+    keep: int = 5,
+) -> Path:
+    """Write checkpoint ``step`` under ``run_dir`` and keep only the newest ``keep``."""
+    root = _checkpoint_dir(Path(run_dir))
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-step-{step:08d}-"))
+    try:
+        save_model(model, str(tmp / MODEL_FILE))
+        torch.save(trainer_state, tmp / TRAINER_FILE)
+        (tmp / META_FILE).write_text(json.dumps({**meta, "step": step}, indent=2))
+        for file in tmp.iterdir():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+        if final.exists():  # the same step written again after a resume
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_json_atomic(root / "latest", {"checkpoint": final.name, "step": step})
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old.path, ignore_errors=True)
+    return final
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The ``meta.json`` of a checkpoint directory, with a clear error if it is not one."""
+    path = Path(path)
+    meta_file = path / META_FILE
+    if not meta_file.is_file() or not (path / MODEL_FILE).is_file():
+        raise FileNotFoundError(
+            f"{path} is not a qkv checkpoint: expected {META_FILE} and {MODEL_FILE} in it"
+        )
+    return json.loads(meta_file.read_text())
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Checkpoint]:
+    """Complete checkpoints of a run, oldest first."""
+    root = _checkpoint_dir(Path(run_dir))
+    found = []
+    for path in sorted(root.glob("step-*")) if root.is_dir() else []:
+        if (path / META_FILE).is_file() and (path / MODEL_FILE).is_file():
+            meta = json.loads((path / META_FILE).read_text())
+            found.append(Checkpoint(path, int(meta["step"]), meta))
+    return sorted(found, key=lambda c: c.step)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Checkpoint | None:
+    """The checkpoint named by ``latest`` (or the newest complete one), if any."""
+    root = _checkpoint_dir(Path(run_dir))
+    pointer = root / "latest"
+    if pointer.is_file():
+        name = json.loads(pointer.read_text())["checkpoint"]
+        if (root / name / META_FILE).is_file():
+            meta = read_meta(root / name)
+            return Checkpoint(root / name, int(meta["step"]), meta)
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> None:
+    """Load ``model.safetensors`` of a checkpoint directory (or a file) into ``model``.
+
+    Raises ``ValueError`` listing missing and unexpected keys when they do not match.
+    """
+    path = Path(path)
+    file = path / MODEL_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no weights at {file}")
+    missing, unexpected = load_model(model, str(file), strict=False)
+    if strict and (missing or unexpected):
+        raise ValueError(
+            f"weights in {file} do not fit the model: missing {sorted(missing)}, "
+            f"unexpected {sorted(unexpected)}"
+        )
+
+
+def load_trainer_state(path: str | Path) -> dict[str, Any]:
+    return torch.load(Path(path) / TRAINER_FILE, weights_only=True)
+
+
+def average_checkpoints(paths: list[str | Path]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of the weights of several checkpoints (the paper averages
+    the last 5 or 20): a cheap ensemble that usually adds BLEU."""
+    if not paths:
+        raise ValueError("average_checkpoints needs at least one checkpoint")
+    total: dict[str, torch.Tensor] = {}
+    for path in paths:
+        path = Path(path)
+        weights = load_file(str(path / MODEL_FILE if path.is_dir() else path))
+        if total and weights.keys() != total.keys():
+            raise ValueError(f"{path} holds different tensors than {paths[0]}")
+        for name, tensor in weights.items():
+            if name in total:
+                total[name] += tensor.double()
+            else:
+                total[name] = tensor.double()
+    return {name: (t / len(paths)).float() for name, t in total.items()}

@@ -1,0 +1,370 @@
+"""The training engine every qkv model uses: a model, a loss, batches.
+
+What the caller gives:
+
+- ``batches(epoch)``: the batches of one epoch, in an order that depends only on
+  the epoch (seed it with the epoch), so a resumed run sees the same data;
+- ``loss_fn(model, batch) -> (loss_sum, count)``: the *summed* loss of a batch and
+  the number of targets it sums over (tokens, images);
+- optionally ``evaluate(model) -> {name: value}``, run every ``eval_every`` steps.
+
+What the engine does: AdamW; a warm-up schedule; gradient accumulation;
+gradient clipping; mixed precision (bf16 autocast on CPU and CUDA, fp16 with a
+gradient scaler on CUDA); checkpoints every ``checkpoint_every`` steps, and resume
+from the last one continuing the same loss curve; a progress bar; metrics in a
+CSV; a loss-curve PNG; data parallel across ``torchrun`` processes. A loss that
+becomes NaN or infinite stops the run, keeping the last good checkpoint.
+
+Why summed losses: an optimizer step averages over every target of every
+micro-batch on every process. Dividing each micro-batch by its own size would
+weight short batches more; instead gradients are summed, then scaled once by
+``1 / (targets in the whole step)``. One process with ``grad_accum=2`` and two
+processes with one micro-batch each then take exactly the same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from qkv.train.checkpoint import (
+    latest_checkpoint,
+    load_trainer_state,
+    load_weights,
+    save_checkpoint,
+)
+from qkv.train.distributed import DistributedContext, all_reduce_sum, init_distributed
+from qkv.train.metrics import MetricsLog, plot_curves
+from qkv.train.schedules import Schedule, make_scheduler
+
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "TrainingDiverged"]
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["fp32", "bf16", "fp16"]
+LossFn = Callable[[nn.Module, Any], tuple[Tensor, Tensor | int]]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; the model's own configuration is separate."""
+
+    max_steps: int = 1000  # optimizer steps
+    lr: float = 5e-4  # peak learning rate
+    betas: tuple[float, float] = (0.9, 0.98)  # the paper's Adam betas
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    schedule: Schedule = "inverse_sqrt"
+    warmup_steps: int = 4000
+    min_lr_factor: float = 0.0  # cosine floor, as a fraction of the peak
+    grad_clip: float | None = 1.0  # max global gradient norm; None = no clipping
+    grad_accum: int = 1  # micro-batches per optimizer step (per process)
+    precision: Precision = "fp32"
+    log_every: int = 10
+    eval_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.grad_accum < 1:
+            raise ValueError(
+                f"max_steps ({self.max_steps}) and grad_accum ({self.grad_accum}) must be >= 1"
+            )
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
+
+
+@dataclass
+class TrainResult:
+    step: int
+    last_checkpoint: Path | None
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per logged step
+
+
+@dataclass
+class _Position:
+    """Where the run is in the data: the next batch is ``batches(epoch)[index]``."""
+
+    epoch: int = 0
+    index: int = 0
+
+
+class Trainer:
+    """Trains ``model`` on ``batches`` with ``loss_fn`` (see the module docstring).
+
+    Args:
+        model: the model (unwrapped); it is moved to the device.
+        config: :class:`TrainConfig`.
+        run_dir: where checkpoints, ``metrics.csv`` and ``loss_curves.png`` go.
+        batches: ``epoch -> iterable of batches``; each batch has ``.to(device)``
+            or is a tensor / tuple / dict of tensors.
+        loss_fn: ``(model, batch) -> (summed loss, number of targets)``.
+        evaluate: ``model -> {metric: value}``, run on the main process.
+        meta: saved in every checkpoint (the model's family and configuration).
+        device: default CUDA when available, else CPU.
+        parameter_groups: optional optimizer parameter groups (e.g. no weight decay
+            on norms and biases); default all parameters.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        run_dir: str | Path,
+        *,
+        batches: Callable[[int], Iterable[Any]],
+        loss_fn: LossFn,
+        evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+        meta: dict[str, Any] | None = None,
+        device: str | torch.device | None = None,
+        parameter_groups: list[dict[str, Any]] | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.context: DistributedContext = init_distributed(device)
+        self.device = self.context.device
+        if config.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision fp16 needs CUDA (no fast fp16 on CPU); use bf16")
+        self.model = model.to(self.device)
+        self.batches = batches
+        self.loss_fn = loss_fn
+        self.evaluate = evaluate
+        self.meta = meta or {}
+        self.progress = progress
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups if parameter_groups is not None else model.parameters(),
+            lr=config.lr,
+            betas=config.betas,
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+        )
+        self.scheduler = make_scheduler(
+            self.optimizer,
+            config.schedule,
+            warmup_steps=config.warmup_steps,
+            total_steps=config.max_steps,
+            min_factor=config.min_lr_factor,
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+        self.step = 0
+        self.position = _Position()
+
+    # -- state -----------------------------------------------------------------
+
+    def _trainer_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": list(random.getstate()[1]),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def save(self) -> Path | None:
+        """Write a checkpoint (main process only); returns its path."""
+        if not self.context.is_main:
+            return None
+        meta = {
+            **self.meta,
+            "train_config": asdict(self.config),
+            "epoch": self.position.epoch,
+            "batch_index": self.position.index,
+        }
+        return save_checkpoint(
+            self.run_dir,
+            self.step,
+            self.model,
+            self._trainer_state(),
+            meta,
+            keep=self.config.keep_checkpoints,
+        )
+
+    def _resume(self) -> int | None:
+        checkpoint = latest_checkpoint(self.run_dir)
+        if checkpoint is None:
+            logger.info("no checkpoint in %s: starting from scratch", self.run_dir)
+            return None
+        load_weights(self.model, checkpoint.path)
+        state = load_trainer_state(checkpoint.path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        python_state = random.getstate()
+        random.setstate((python_state[0], tuple(state["python_rng"]), None))
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.step = checkpoint.step
+        self.position = _Position(checkpoint.meta["epoch"], checkpoint.meta["batch_index"])
+        logger.info("resumed from %s at step %d", checkpoint.path, self.step)
+        return checkpoint.step
+
+    # -- data --------------------------------------------------------------------
+
+    def _stream(self) -> Iterator[Any]:
+        """Batches from the current position on, across epochs; advances
+        ``self.position`` as it goes."""
+        while True:
+            produced = False
+            for index, batch in enumerate(self.batches(self.position.epoch)):
+                if index < self.position.index:
+                    continue  # already trained on before the resume
+                produced = True
+                self.position.index = index + 1
+                yield batch
+            if not produced and self.position.index == 0:
+                raise ValueError(f"batches({self.position.epoch}) produced no batch")
+            self.position = _Position(self.position.epoch + 1, 0)
+
+    def _to_device(self, batch: Any) -> Any:
+        if hasattr(batch, "to"):
+            return batch.to(self.device)
+        if isinstance(batch, dict):
+            return {k: self._to_device(v) for k, v in batch.items()}
+        if isinstance(batch, (tuple, list)):
+            return type(batch)(self._to_device(v) for v in batch)
+        return batch
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # -- the loop ------------------------------------------------------------------
+
+    def fit(self, *, resume: bool = False) -> TrainResult:
+        """Train to ``config.max_steps``; with ``resume``, continue from the last
+        checkpoint in ``run_dir`` (or start if there is none)."""
+        config, context = self.config, self.context
+        resumed_at = self._resume() if resume else None
+        if resumed_at is None:
+            torch.manual_seed(config.seed)
+            random.seed(config.seed)
+        metrics = MetricsLog(self.run_dir, resume_step=resumed_at) if context.is_main else None
+        model: nn.Module = self.model
+        if context.enabled:
+            model = DistributedDataParallel(self.model)
+        stream = self._stream()
+        per_step = config.grad_accum * context.world_size
+        result = TrainResult(self.step, None)
+        bar = tqdm(
+            total=config.max_steps,
+            initial=self.step,
+            disable=not context.is_main or self.progress is False,
+            dynamic_ncols=True,
+        )
+        last_saved = self.step if resumed_at is not None else None
+        window_targets, window_start = 0.0, time.perf_counter()
+        try:
+            while self.step < config.max_steps:
+                micro = [next(stream) for _ in range(per_step)][context.rank :: context.world_size]
+                model.train()
+                loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+                targets = torch.zeros((), device=self.device, dtype=torch.float64)
+                for i, batch in enumerate(micro):
+                    last = i == len(micro) - 1
+                    # Gradients are all-reduced once per step, after the last micro-batch.
+                    accumulate = context.enabled and not last
+                    with model.no_sync() if accumulate else contextlib.nullcontext():
+                        with self._autocast():
+                            batch_loss, batch_targets = self.loss_fn(model, self._to_device(batch))
+                        self.scaler.scale(batch_loss.float()).backward()
+                    loss_sum += batch_loss.detach().double()
+                    targets += float(batch_targets)
+                loss_sum = all_reduce_sum(loss_sum, context)
+                targets = all_reduce_sum(targets, context)
+                loss = (loss_sum / targets.clamp(min=1)).item()
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss became {loss} at step {self.step + 1}; training stopped. "
+                        f"The last good checkpoint is kept in {self.run_dir / 'checkpoints'} "
+                        "(lower the learning rate, raise warm-up, or use fp32)."
+                    )
+                self.scaler.unscale_(self.optimizer)
+                # DDP averaged the gradients over processes; turn the sum of summed
+                # losses into the mean over every target of the step.
+                scale = context.world_size / max(float(targets), 1.0)
+                for p in self.model.parameters():
+                    if p.grad is not None:
+                        p.grad.mul_(scale)
+                grad_norm = None
+                if config.grad_clip is not None:
+                    grad_norm = torch.nn.utils.clip_grad_norm_(
+                        self.model.parameters(), config.grad_clip
+                    )
+                lr = self.scheduler.get_last_lr()[0]
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                window_targets += float(targets)
+
+                if self.step % config.log_every == 0 or self.step == config.max_steps:
+                    elapsed = max(time.perf_counter() - window_start, 1e-9)
+                    row = {"train_loss": loss, "lr": lr, "targets_per_s": window_targets / elapsed}
+                    if grad_norm is not None:
+                        row["grad_norm"] = float(grad_norm)
+                    window_targets, window_start = 0.0, time.perf_counter()
+                    result.history.append({"step": self.step, **row})
+                    if metrics is not None:
+                        metrics.log(self.step, **row)
+                    bar.set_postfix(
+                        loss=f"{loss:.4f}", tok_s=f"{row['targets_per_s']:.0f}", lr=f"{lr:.2e}"
+                    )
+                bar.update(1)
+
+                at_end = self.step == config.max_steps
+                if (
+                    self.evaluate is not None
+                    and context.is_main
+                    and (at_end or (config.eval_every and self.step % config.eval_every == 0))
+                ):
+                    self.model.eval()
+                    values = {f"valid_{k}": v for k, v in self.evaluate(self.model).items()}
+                    if metrics is not None:
+                        metrics.log(self.step, **values)
+                    result.history.append({"step": self.step, **values})
+                    bar.write(
+                        f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+                    )
+                if at_end or self.step % config.checkpoint_every == 0:
+                    result.last_checkpoint = self.save()
+                    last_saved = self.step
+        finally:
+            bar.close()
+            if metrics is not None:
+                metrics.close()
+        result.step = self.step
+        if context.is_main and last_saved is not None:
+            try:
+                plot_curves(self.run_dir / "metrics.csv", self.run_dir / "loss_curves.png")
+            except Exception as error:  # a missing plot must not lose a finished run
+                logger.warning("could not plot the loss curves: %s", error)
+        return result

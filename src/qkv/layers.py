@@ -116,6 +116,8 @@ class EncoderLayer(nn.Module):
         d_model: width. num_heads: attention heads. d_ff: feed-forward width.
         dropout: on sublayer outputs (residual dropout) and inside the feed-forward.
         attention_dropout: on attention weights; 0 keeps the fused kernel on CPU.
+        activation_dropout: inside the feed-forward, after the activation; default
+            ``dropout`` (as ``torch.nn``); BERT and ViT use 0.
         activation: ``"relu"`` (paper) or ``"gelu"`` (BERT, ViT).
         norm_first: pre-norm instead of the paper's post-norm.
         layer_norm_eps: LayerNorm epsilon. bias: biases in every linear layer.
@@ -129,6 +131,7 @@ class EncoderLayer(nn.Module):
         *,
         dropout: float = 0.1,
         attention_dropout: float = 0.0,
+        activation_dropout: float | None = None,
         activation: Activation = "relu",
         norm_first: bool = False,
         layer_norm_eps: float = 1e-5,
@@ -144,7 +147,11 @@ class EncoderLayer(nn.Module):
             d_model, dropout=dropout, norm_first=norm_first, eps=layer_norm_eps
         )
         self.feed_forward = FeedForward(
-            d_model, d_ff, activation=activation, dropout=dropout, bias=bias
+            d_model,
+            d_ff,
+            activation=activation,
+            dropout=dropout if activation_dropout is None else activation_dropout,
+            bias=bias,
         )
         self.feed_forward_norm = AddNorm(
             d_model, dropout=dropout, norm_first=norm_first, eps=layer_norm_eps
@@ -180,6 +187,7 @@ class DecoderLayer(nn.Module):
         *,
         dropout: float = 0.1,
         attention_dropout: float = 0.0,
+        activation_dropout: float | None = None,
         activation: Activation = "relu",
         norm_first: bool = False,
         layer_norm_eps: float = 1e-5,
@@ -201,7 +209,11 @@ class DecoderLayer(nn.Module):
         )
         self.cross_attn_norm = add_norm()
         self.feed_forward = FeedForward(
-            d_model, d_ff, activation=activation, dropout=dropout, bias=bias
+            d_model,
+            d_ff,
+            activation=activation,
+            dropout=dropout if activation_dropout is None else activation_dropout,
+            bias=bias,
         )
         self.feed_forward_norm = add_norm()
 

@@ -1,0 +1,454 @@
+"""Hugging Face BERT checkpoints in and out of qkv's :mod:`qkv.models.bert`.
+
+A checkpoint directory holds ``config.json`` and the weights (``model.safetensors``,
+a sharded ``model.safetensors.index.json``, or ``pytorch_model.bin``). Loading maps
+``config.json`` to :class:`~qkv.models.bert.BertConfig` and every tensor name
+through :data:`BACKBONE_NAMES`, :data:`LAYER_NAMES` and :data:`HEAD_NAMES`, the one
+name map of this module (saving runs it backwards). Whatever does not fit is
+refused, all of it listed in one :class:`CheckpointError`: unknown keys, missing
+keys, shapes that differ, architectures qkv does not build.
+
+Two kinds of checkpoint key are accepted without a qkv parameter:
+- buffers and tied copies (:data:`DERIVED_KEYS`): ``embeddings.position_ids``, and
+  the MLM decoder, which must equal the word embeddings it is tied to;
+- weights of a head that is not being loaded (:data:`OTHER_HEADS`, for example the
+  MLM head when loading a classifier): dropped, and logged.
+
+Parts of the model the checkpoint has none of — the task head and the pooler of a
+checkpoint that was saved without them — start from BERT's initialisation and
+are logged at WARNING level: that is the fine-tuning step "load, add a task head".
+A part that is only partly present is an error.
+
+BERT's names are the same in ``transformers`` 4.x and 5.x (the all-MiniLM-L6-v2
+checkpoint was written by 4.8.2); the tests use 5.23.0 as the oracle.
+
+Notation: i = layer index; "HF name" = without the ``bert.`` prefix that Hugging
+Face's heads put before the backbone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from qkv.models.bert import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+)
+
+__all__ = [
+    "BACKBONE_NAMES",
+    "DERIVED_KEYS",
+    "HEAD_NAMES",
+    "LAYER_NAMES",
+    "CheckpointError",
+    "config_from_hf",
+    "config_to_hf",
+    "from_pretrained",
+    "hf_to_qkv_names",
+    "load_hf_state_dict",
+    "save_pretrained",
+]
+
+log = logging.getLogger(__name__)
+
+Head = Literal["mlm", "classification", "token_classification"]
+AnyBert = BertModel | BertForMaskedLM | BertForSequenceClassification | BertForTokenClassification
+
+# ---------------------------------------------------------------------------------------------
+# The name map: Hugging Face name -> qkv name.
+# ---------------------------------------------------------------------------------------------
+
+#: Backbone parameters outside the layers (HF name -> qkv name in :class:`BertModel`).
+BACKBONE_NAMES = {
+    "embeddings.word_embeddings.weight": "embeddings.token.embedding.weight",
+    "embeddings.position_embeddings.weight": "embeddings.position.embedding.weight",
+    "embeddings.token_type_embeddings.weight": "embeddings.segment.weight",
+    "embeddings.LayerNorm.weight": "embeddings.norm.weight",
+    "embeddings.LayerNorm.bias": "embeddings.norm.bias",
+    "pooler.dense.weight": "pooler.weight",
+    "pooler.dense.bias": "pooler.bias",
+}
+_POOLER = ("pooler.dense.weight", "pooler.dense.bias")
+
+#: Modules of one layer, each with a weight and a bias:
+#: ``encoder.layer.{i}.<HF>.weight`` -> ``encoder.layers.{i}.<qkv>.weight``.
+LAYER_NAMES = {
+    "attention.self.query": "self_attn.q_proj",
+    "attention.self.key": "self_attn.k_proj",
+    "attention.self.value": "self_attn.v_proj",
+    "attention.output.dense": "self_attn.out_proj",
+    "attention.output.LayerNorm": "self_attn_norm.norm",
+    "intermediate.dense": "feed_forward.linear1",
+    "output.dense": "feed_forward.linear2",
+    "output.LayerNorm": "feed_forward_norm.norm",
+}
+
+#: Head parameters (full HF name -> qkv name in the head model).
+HEAD_NAMES: dict[str, dict[str, str]] = {
+    "mlm": {
+        "cls.predictions.transform.dense.weight": "transform.weight",
+        "cls.predictions.transform.dense.bias": "transform.bias",
+        "cls.predictions.transform.LayerNorm.weight": "transform_norm.weight",
+        "cls.predictions.transform.LayerNorm.bias": "transform_norm.bias",
+        "cls.predictions.bias": "decoder_bias",
+    },
+    "classification": {
+        "classifier.weight": "classifier.weight",
+        "classifier.bias": "classifier.bias",
+    },
+    "token_classification": {
+        "classifier.weight": "classifier.weight",
+        "classifier.bias": "classifier.bias",
+    },
+}
+
+#: Checkpoint keys that are not parameters: non-persistent buffers older
+#: ``transformers`` versions saved, and the MLM decoder tied to other weights
+#: (key -> the HF name it must equal, or ``None`` for a buffer).
+DERIVED_KEYS: dict[str, str | None] = {
+    "embeddings.position_ids": None,
+    "embeddings.token_type_ids": None,
+    "cls.predictions.decoder.weight": "embeddings.word_embeddings.weight",
+    "cls.predictions.decoder.bias": "cls.predictions.bias",
+}
+
+#: Prefixes of heads that may sit in a checkpoint beside the one being loaded.
+OTHER_HEADS = ("cls.predictions.", "cls.seq_relationship.", "classifier.", "qa_outputs.")
+
+_MODELS: dict[Head | None, type[AnyBert]] = {
+    None: BertModel,
+    "mlm": BertForMaskedLM,
+    "classification": BertForSequenceClassification,
+    "token_classification": BertForTokenClassification,
+}
+_ARCHITECTURES = {
+    BertModel: "BertModel",
+    BertForMaskedLM: "BertForMaskedLM",
+    BertForSequenceClassification: "BertForSequenceClassification",
+    BertForTokenClassification: "BertForTokenClassification",
+}
+
+# config.json key -> BertConfig field, with Hugging Face's default for a missing key.
+_CONFIG_KEYS: dict[str, tuple[str, Any]] = {
+    "vocab_size": ("vocab_size", 30522),
+    "hidden_size": ("d_model", 768),
+    "num_hidden_layers": ("num_layers", 12),
+    "num_attention_heads": ("num_heads", 12),
+    "intermediate_size": ("d_ff", 3072),
+    "max_position_embeddings": ("max_position_embeddings", 512),
+    "type_vocab_size": ("type_vocab_size", 2),
+    "hidden_dropout_prob": ("dropout", 0.1),
+    "attention_probs_dropout_prob": ("attention_dropout", 0.1),
+    "layer_norm_eps": ("layer_norm_eps", 1e-12),
+    "initializer_range": ("init_std", 0.02),
+    "pad_token_id": ("pad_id", 0),
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit qkv's BERT; the message lists every problem."""
+
+
+def _normalise(key: str) -> str:
+    """HF name as in :data:`BACKBONE_NAMES`: no ``bert.`` prefix, and the TF-era
+    LayerNorm names ``gamma``/``beta`` (old converted checkpoints) as ``weight``/``bias``."""
+    key = key.removeprefix("bert.")
+    if "LayerNorm." in key:
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight")
+        key = key.replace("LayerNorm.beta", "LayerNorm.bias")
+    return key
+
+
+def hf_to_qkv_names(
+    num_layers: int, head: Head | None = None, *, pooler: bool = True
+) -> dict[str, str]:
+    """The whole map for one model: HF name (no ``bert.`` prefix) -> qkv parameter name.
+
+    Backbone names get qkv's ``bert.`` prefix when there is a head, as the heads
+    hold their backbone in ``self.bert``.
+    """
+    prefix = "" if head is None else "bert."
+    backbone = {hf: qkv for hf, qkv in BACKBONE_NAMES.items() if pooler or hf not in _POOLER}
+    for i in range(num_layers):
+        for hf, qkv in LAYER_NAMES.items():
+            for p in ("weight", "bias"):
+                backbone[f"encoder.layer.{i}.{hf}.{p}"] = f"encoder.layers.{i}.{qkv}.{p}"
+    names = {hf: prefix + qkv for hf, qkv in backbone.items()}
+    if head is not None:
+        names.update(HEAD_NAMES[head])
+    return names
+
+
+def _head_of(model: nn.Module) -> Head | None:
+    for head, cls in _MODELS.items():
+        if type(model) is cls:
+            return head
+    raise TypeError(f"expected one of qkv's BERT models, got {type(model).__name__}")
+
+
+def _backbone(model: AnyBert) -> BertModel:
+    return model if isinstance(model, BertModel) else model.bert
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json
+# ---------------------------------------------------------------------------------------------
+
+
+def config_from_hf(hf: dict[str, Any], **overrides: Any) -> BertConfig:
+    """``config.json`` -> :class:`BertConfig`; refuses what qkv's BERT does not build.
+
+    ``overrides`` replace fields afterwards (say ``attention_dropout=0.0``).
+    """
+    problems = []
+    if hf.get("model_type") != "bert":
+        problems.append(f"model_type is {hf.get('model_type')!r}, not 'bert'")
+    if hf.get("hidden_act", "gelu") != "gelu":
+        problems.append(
+            f"hidden_act is {hf['hidden_act']!r}; qkv's BERT uses the exact (erf) 'gelu'"
+        )
+    if hf.get("position_embedding_type", "absolute") not in (None, "absolute"):
+        problems.append(
+            f"position_embedding_type is {hf['position_embedding_type']!r}; "
+            "only 'absolute' (learned) positions are supported"
+        )
+    for flag in ("is_decoder", "add_cross_attention"):
+        if hf.get(flag):
+            problems.append(f"{flag} is true; qkv's BERT is an encoder only")
+    if "embedding_size" in hf and hf["embedding_size"] != hf.get("hidden_size"):
+        problems.append(f"embedding_size {hf['embedding_size']} differs from hidden_size")
+    if problems:
+        raise CheckpointError("unsupported BERT configuration: " + "; ".join(problems))
+    values = {field: hf.get(key, default) for key, (field, default) in _CONFIG_KEYS.items()}
+    if values["pad_id"] is None:
+        values["pad_id"] = 0
+    return BertConfig(**{**values, **overrides})
+
+
+def config_to_hf(model: AnyBert) -> dict[str, Any]:
+    """The ``config.json`` Hugging Face needs to rebuild ``model``."""
+    c = model.config
+    hf: dict[str, Any] = {"architectures": [_ARCHITECTURES[type(model)]], "model_type": "bert"}
+    for key, (field, _) in _CONFIG_KEYS.items():
+        hf[key] = getattr(c, field)
+    hf.update(hidden_act="gelu", position_embedding_type="absolute", tie_word_embeddings=True)
+    if isinstance(model, BertForSequenceClassification | BertForTokenClassification):
+        hf["id2label"] = {str(i): name for i, name in enumerate(model.label_names)}
+        hf["label2id"] = {name: i for i, name in enumerate(model.label_names)}
+        hf["classifier_dropout"] = model.classifier_dropout
+    return hf
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    if (path / "model.safetensors").is_file():
+        return load_file(path / "model.safetensors")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(path / shard).items()}
+    if (path / "pytorch_model.bin").is_file():
+        # weights_only: a pickle can run code; this refuses anything but tensors.
+        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(
+        f"no weights in {path}: expected model.safetensors, model.safetensors.index.json "
+        "or pytorch_model.bin"
+    )
+
+
+def _num_labels(hf: dict[str, Any], num_labels: int | None) -> tuple[int, list[str] | None]:
+    id2label = hf.get("id2label")
+    names = [id2label[str(i)] for i in range(len(id2label))] if id2label else None
+    if num_labels is None:
+        return (len(names), names) if names else (hf.get("num_labels", 2), None)
+    return num_labels, names if names and len(names) == num_labels else None
+
+
+def _map_state(
+    weights: dict[str, Tensor], names: dict[str, str], head: Head | None
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Rename checkpoint tensors to qkv names; returns them and the problems found."""
+    state: dict[str, Tensor] = {}
+    problems: list[str] = []
+    normalised: dict[str, Tensor] = {}
+    for key, tensor in weights.items():
+        name = _normalise(key)
+        if name in normalised:
+            problems.append(f"duplicate key {key!r} (with and without the 'bert.' prefix)")
+        normalised[name] = tensor
+    own_head = tuple(HEAD_NAMES[head]) if head is not None else ()
+    unknown, dropped = [], []
+    for name, tensor in normalised.items():
+        if name in names:
+            state[names[name]] = tensor
+        elif name in DERIVED_KEYS:
+            # A tied copy must equal what qkv ties it to, or the model would differ.
+            tied_to = DERIVED_KEYS[name]
+            if (
+                head == "mlm"
+                and tied_to in normalised
+                and not torch.equal(tensor, normalised[tied_to])
+            ):
+                problems.append(f"{name} differs from {tied_to}; qkv ties the MLM decoder to it")
+        elif name.startswith(OTHER_HEADS) and name not in own_head:
+            dropped.append(name)
+        else:
+            unknown.append(name)
+    if unknown:
+        problems.append(f"unknown keys {sorted(unknown)}")
+    if dropped:
+        log.info("dropped checkpoint weights of a head not being loaded: %s", sorted(dropped))
+    return state, problems
+
+
+def from_pretrained(
+    path: str | os.PathLike[str],
+    head: Head | None = None,
+    *,
+    num_labels: int | None = None,
+    label_names: list[str] | None = None,
+    **overrides: Any,
+) -> AnyBert:
+    """Load a Hugging Face BERT checkpoint directory into a qkv model.
+
+    Args:
+        path: directory with ``config.json`` and the weights.
+        head: ``None`` (:class:`BertModel`), ``"mlm"``, ``"classification"`` or
+            ``"token_classification"``.
+        num_labels, label_names: for the classification heads; default from the
+            checkpoint's ``id2label``.
+        overrides: :class:`BertConfig` fields to replace (dropouts, say).
+
+    Returns the model in training mode, like a freshly built one; call ``.eval()``
+    for inference.
+
+    Raises:
+        CheckpointError: unsupported configuration; unknown, missing or
+            misshapen weights (every one listed).
+    """
+    if head not in _MODELS:
+        raise ValueError(f"head must be one of {list(_MODELS)}, got {head!r}")
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in {path}")
+    hf = json.loads((path / "config.json").read_text())
+    config = config_from_hf(hf, **overrides)
+    if head in ("classification", "token_classification"):
+        n, names_from_file = _num_labels(hf, num_labels)
+        model: AnyBert = _MODELS[head](config, n, label_names=label_names or names_from_file)
+    else:
+        model = _MODELS[head](config)
+    load_hf_state_dict(model, _read_weights(path))
+    return model
+
+
+@torch.no_grad()
+def load_hf_state_dict(model: AnyBert, weights: dict[str, Tensor]) -> None:
+    """Copy Hugging Face-named ``weights`` into ``model``, or raise :class:`CheckpointError`
+    listing every problem and leave ``model`` untouched."""
+    head = _head_of(model)
+    has_pooler = _backbone(model).pooler is not None
+    names = hf_to_qkv_names(model.config.num_layers, head, pooler=has_pooler)
+    own = model.state_dict()
+    # The map and the model must agree exactly; a failure here is a bug in qkv.
+    assert set(names.values()) == set(own), sorted(set(names.values()) ^ set(own))
+    state, problems = _map_state(weights, names, head)
+
+    # A part the checkpoint has none of starts fresh; a part it has some of must be whole.
+    fresh_groups = {"pooler": [names[hf] for hf in _POOLER if hf in names]}
+    if head is not None:
+        fresh_groups[head] = list(HEAD_NAMES[head].values())
+    fresh = []
+    for group, members in fresh_groups.items():
+        if members and not any(m in state for m in members):
+            fresh.append(group)
+            state.update({m: own[m] for m in members})
+    qkv_to_hf = {v: k for k, v in names.items()}
+    missing = [qkv_to_hf[n] for n in own if n not in state]
+    if missing:
+        problems.append(f"missing keys {sorted(missing)}")
+    mismatched = [
+        f"{qkv_to_hf[n]}: checkpoint {tuple(t.shape)}, model {tuple(own[n].shape)}"
+        for n, t in state.items()
+        if t.shape != own[n].shape
+    ]
+    if mismatched:
+        problems.append(f"shape mismatches [{'; '.join(sorted(mismatched))}]")
+    if problems:
+        raise CheckpointError("checkpoint does not fit: " + "; ".join(problems))
+    if fresh:
+        log.warning("newly initialised (not in the checkpoint): %s", ", ".join(fresh))
+    model.load_state_dict(state, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _atomic(target: Path) -> Iterator[str]:
+    """Yield a temporary path beside ``target``; on success, move it into place in one
+    step, so a crash never leaves a half-written file under the real name."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_pretrained(model: AnyBert, path: str | os.PathLike[str]) -> None:
+    """Write ``config.json`` and ``model.safetensors`` in Hugging Face's format.
+
+    ``transformers.BertModel.from_pretrained(path)`` (or the class named in
+    ``architectures``) opens the result; so does :func:`from_pretrained`. The tied
+    MLM decoder is not written, as Hugging Face does not write it either.
+    """
+    from safetensors.torch import save_file
+
+    head = _head_of(model)
+    names = hf_to_qkv_names(
+        model.config.num_layers, head, pooler=_backbone(model).pooler is not None
+    )
+    head_keys = set() if head is None else set(HEAD_NAMES[head])
+
+    def hf_name(hf: str) -> str:
+        # Hugging Face's heads keep their backbone under "bert.", as qkv's do.
+        return hf if head is None or hf in head_keys else f"bert.{hf}"
+
+    own = model.state_dict()
+    tensors = {hf_name(hf): own[qkv].detach().cpu().contiguous() for hf, qkv in names.items()}
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    write: list[tuple[str, Callable[[str], None]]] = [
+        ("model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})),
+        (
+            "config.json",
+            lambda tmp: Path(tmp).write_text(json.dumps(config_to_hf(model), indent=2) + "\n"),
+        ),
+    ]
+    for filename, writer in write:
+        with _atomic(path / filename) as tmp:
+            writer(tmp)

@@ -1,0 +1,482 @@
+"""BERT (Devlin et al. 2019): the Transformer's encoder with three input embeddings,
+a pooler, and task heads, built on qkv's own :class:`~qkv.layers.EncoderLayer`.
+
+- :class:`BertConfig`: sizes and dropouts, with the presets of the BERT miniatures
+  (Turc et al. 2019: ``tiny``, ``mini``, ``small``) and BERT-base.
+- :class:`BertEmbeddings`: token + segment + learned position, LayerNorm, dropout
+  (section 3, figure 2 of the paper).
+- :class:`BertModel`: embeddings, a post-norm encoder with GELU, and the pooler
+  ``tanh(W h_[CLS] + b)``.
+- Heads: :class:`BertForMaskedLM` (section 3.1, task 1; output tied to the word
+  embeddings), :class:`BertForSequenceClassification` (on the pooled ``[CLS]``),
+  :class:`BertForTokenClassification` (on every position).
+
+Hugging Face checkpoints load and save through :mod:`qkv.convert.bert`; this file
+knows nothing of their names.
+
+``attention_mask`` is a padding mask in the sense of :mod:`qkv.masks`: ``(b, L)``,
+``True``/1 = real token (the same polarity as Hugging Face's ``attention_mask``).
+
+Notation:
+    b   batch size
+    L   sequence length (tokens, with [CLS] and [SEP])
+    d   model width (``d_model``, Hugging Face ``hidden_size``)
+    V   vocabulary size
+    n   number of masked positions in the batch
+    C   number of labels
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qkv.embedding import TokenEmbedding, check_token_ids
+from qkv.layers import Encoder, EncoderLayer
+from qkv.positional import LearnedPositionalEmbedding
+
+__all__ = [
+    "BertConfig",
+    "BertEmbeddings",
+    "BertForMaskedLM",
+    "BertForSequenceClassification",
+    "BertForTokenClassification",
+    "BertHeadOutput",
+    "BertModel",
+    "BertOutput",
+    "init_bert_weights",
+]
+
+IGNORE_INDEX = -100  # label of positions that carry no loss (Hugging Face's convention too)
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """Sizes and switches of BERT; the defaults are BERT-base (uncased vocabulary).
+
+    Hugging Face names in brackets; :mod:`qkv.convert.bert` maps ``config.json``.
+    """
+
+    vocab_size: int = 30522  # WordPiece vocabulary of bert-base-uncased
+    d_model: int = 768  # [hidden_size]
+    num_layers: int = 12  # [num_hidden_layers]
+    num_heads: int = 12  # [num_attention_heads]
+    d_ff: int = 3072  # [intermediate_size], 4 × d_model in every published size
+    max_position_embeddings: int = 512  # longest input; one learned vector per position
+    type_vocab_size: int = 2  # segments: sentence A and sentence B
+    dropout: float = 0.1  # [hidden_dropout_prob]: embeddings and every sublayer output
+    # [attention_probs_dropout_prob] The paper's reference code and Hugging Face use
+    # 0.1, and so do we: it is BERT's recipe, and from_pretrained takes whatever the
+    # checkpoint says anyway. The cost: with a nonzero value the fused CPU kernel
+    # falls back to its math path while training (PERFORMANCE.md), which builds the
+    # L × L weights; measured here, a BERT-mini classification step (batch 32 × 128)
+    # is about 15% slower. Inference is unaffected (dropout is off in eval mode).
+    # Pass 0.0 to pretrain from scratch faster, above all on long sequences.
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12  # the reference TF code's value, not torch's 1e-5
+    init_std: float = 0.02  # [initializer_range], see init_bert_weights
+    pad_id: int = 0  # [PAD] in the BERT vocabularies
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("max_position_embeddings", "type_vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.num_heads != 0:
+            raise ValueError(f"num_heads ({self.num_heads}) must divide d_model ({self.d_model})")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.layer_norm_eps <= 0 or self.init_std <= 0:
+            raise ValueError(
+                f"layer_norm_eps ({self.layer_norm_eps}) and init_std ({self.init_std}) "
+                "must be positive"
+            )
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ValueError(f"pad_id ({self.pad_id}) must be in [0, vocab_size={self.vocab_size})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BertConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown BertConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> BertConfig:
+        """BERT-Tiny: 2 layers, 128 wide, 2 heads, feed-forward 512 (4.4M parameters)."""
+        return cls(**{**dict(num_layers=2, d_model=128, num_heads=2, d_ff=512), **overrides})
+
+    @classmethod
+    def mini(cls, **overrides: Any) -> BertConfig:
+        """BERT-Mini: 4 layers, 256 wide, 4 heads, feed-forward 1024 (11.2M parameters)."""
+        return cls(**{**dict(num_layers=4, d_model=256, num_heads=4, d_ff=1024), **overrides})
+
+    @classmethod
+    def small(cls, **overrides: Any) -> BertConfig:
+        """BERT-Small: 4 layers, 512 wide, 8 heads, feed-forward 2048 (28.8M parameters)."""
+        return cls(**{**dict(num_layers=4, d_model=512, num_heads=8, d_ff=2048), **overrides})
+
+    @classmethod
+    def base(cls, **overrides: Any) -> BertConfig:
+        """BERT-base: 12 layers, 768 wide, 12 heads, feed-forward 3072 (109.5M parameters)."""
+        return cls(**overrides)
+
+
+@torch.no_grad()
+def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
+    """BERT's initialisation, for ``module`` and everything inside it.
+
+    Every linear and embedding matrix ~ N(0, std²) with std = 0.02, biases zero,
+    LayerNorm scale one and shift zero, as Hugging Face does. (The reference TF
+    code draws from a normal truncated at 2 std; the difference is immaterial.)
+    The padding row of an embedding starts at zero, like ``nn.Embedding`` does.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if m.padding_idx is not None:
+                m.weight[m.padding_idx].zero_()
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class BertEmbeddings(nn.Module):
+    """``LayerNorm(token(ids) + segment(token_type_ids) + position(0..L-1))``, then dropout.
+
+    Shape: input_ids ``(b, L)``, token_type_ids ``(b, L)`` or ``None`` (all
+    sentence A) -> ``(b, L, d)``.
+    """
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        c = config
+        # BERT does not scale token embeddings by sqrt(d): the LayerNorm that
+        # follows sets the magnitude.
+        self.token = TokenEmbedding(c.vocab_size, c.d_model, padding_idx=c.pad_id)
+        self.segment = nn.Embedding(c.type_vocab_size, c.d_model)
+        self.position = LearnedPositionalEmbedding(c.d_model, c.max_position_embeddings)
+        self.norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.dropout)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        x = self.token(input_ids)  # (b, L, d)
+        if token_type_ids is None:
+            x = x + self.segment.weight[0]  # every token in segment A; saves a gather
+        else:
+            if token_type_ids.shape != input_ids.shape:
+                raise ValueError(
+                    f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
+                    f"got {tuple(token_type_ids.shape)}"
+                )
+            check_token_ids(token_type_ids, self.segment.num_embeddings, "token_type_ids")
+            x = x + self.segment(token_type_ids)  # (b, L, d)
+        # Added in the order Hugging Face adds them, so float rounding agrees too.
+        return self.dropout(self.norm(self.position(x)))  # (b, L, d)
+
+
+@dataclass
+class BertOutput:
+    """What :class:`BertModel` returns.
+
+    ``last_hidden_state`` ``(b, L, d)``; ``pooled_output`` ``(b, d)`` (``None``
+    without a pooler); ``attentions[i]`` ``(b, h, L, L)`` for the layers asked for.
+    """
+
+    last_hidden_state: Tensor
+    pooled_output: Tensor | None = None
+    attentions: tuple[Tensor | None, ...] | None = None
+
+
+@dataclass
+class BertHeadOutput:
+    """What a head returns: ``logits``, ``loss`` (when labels are given, else
+    ``None``) and the backbone's :class:`BertOutput` (hidden states, weights)."""
+
+    logits: Tensor
+    loss: Tensor | None
+    bert: BertOutput
+
+
+def _padding_mask(attention_mask: Tensor | None, input_ids: Tensor, pad_id: int) -> Tensor | None:
+    """The ``(b, L)`` boolean key padding mask, or ``None`` when nothing is padded."""
+    if attention_mask is None:
+        mask = input_ids != pad_id
+    else:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        # Tokenizers return 0/1 integers (True/1 = real token); anything else is
+        # probably an additive mask (0 / -inf) of the opposite meaning.
+        if (
+            attention_mask.dtype != torch.bool
+            and not ((attention_mask == 0) | (attention_mask == 1)).all()
+        ):
+            raise ValueError(
+                "attention_mask must be boolean or 0/1 (1 = real token), got values "
+                f"{attention_mask.unique()[:8].tolist()}"
+            )
+        mask = attention_mask.bool()
+    # With no padding the fused kernel runs without a mask, its fastest path.
+    return None if bool(mask.all()) else mask
+
+
+class BertModel(nn.Module):
+    """BERT's body: embeddings, ``num_layers`` post-norm GELU encoder layers, pooler.
+
+    Args:
+        config: sizes and dropouts.
+        pooler: add the pooler ``tanh(Linear(h_[CLS]))`` (the masked-LM and token
+            heads do without one, as in Hugging Face).
+    """
+
+    def __init__(self, config: BertConfig, *, pooler: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.embeddings = BertEmbeddings(c)
+        layer = EncoderLayer(
+            c.d_model,
+            c.num_heads,
+            c.d_ff,
+            dropout=c.dropout,
+            attention_dropout=c.attention_dropout,
+            # BERT has no dropout between the two feed-forward linears, only after
+            # the second, in the residual.
+            activation_dropout=0.0,
+            activation="gelu",  # exact erf GELU, Hugging Face's "gelu"
+            norm_first=False,  # BERT is post-norm, like the 2017 Transformer
+            layer_norm_eps=c.layer_norm_eps,
+        )
+        self.encoder = Encoder(layer, c.num_layers, final_norm=False)
+        self.pooler = nn.Linear(c.d_model, c.d_model) if pooler else None
+        init_bert_weights(self, c.init_std)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        *,
+        need_weights: bool | Sequence[int] = False,
+    ) -> BertOutput:
+        """Encode a batch.
+
+        Args:
+            input_ids: token ids.
+            attention_mask: ``True``/1 = real token; default ``input_ids != pad_id``.
+            token_type_ids: segment of each token (0 = sentence A, 1 = B); default 0.
+            need_weights: attention weights of every layer (``True``) or of the
+                listed layer indices.
+
+        Shape:
+            input_ids, attention_mask, token_type_ids ``(b, L)``, ``L`` at most
+            ``max_position_embeddings`` -> last_hidden_state ``(b, L, d)``,
+            pooled_output ``(b, d)``, attentions ``(b, h, L, L)`` per layer.
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, seq_len), got {tuple(input_ids.shape)}")
+        if input_ids.shape[1] > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
+                f"({self.config.max_position_embeddings}); truncate the input"
+            )
+        mask = _padding_mask(attention_mask, input_ids, self.config.pad_id)  # (b, L) or None
+        x = self.embeddings(input_ids, token_type_ids)  # (b, L, d)
+        encoded = self.encoder(x, key_padding_mask=mask, need_weights=need_weights)
+        hidden = encoded.last_hidden_state  # (b, L, d)
+        # The pooler reads [CLS], the first token; section 3 of the paper uses its
+        # final state as the aggregate representation for classification.
+        pooled = None if self.pooler is None else torch.tanh(self.pooler(hidden[:, 0]))  # (b, d)
+        return BertOutput(hidden, pooled, encoded.attentions)
+
+
+def _classification_loss(logits: Tensor, labels: Tensor | None, num_classes: int) -> Tensor | None:
+    if labels is None:
+        return None
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"labels must have shape {tuple(logits.shape[:-1])}, got {tuple(labels.shape)}"
+        )
+    return F.cross_entropy(
+        logits.reshape(-1, num_classes),  # (N, C)
+        labels.reshape(-1),  # (N,)
+        ignore_index=IGNORE_INDEX,
+    )
+
+
+class BertForMaskedLM(nn.Module):
+    """BERT with the masked-language-model head of pretraining (section 3.1).
+
+    ``logits = LayerNorm(gelu(W h + b)) Eᵀ + bias``, where ``E`` is the word
+    embedding matrix itself (tied: the decoder is not a second parameter).
+
+    Projecting onto the vocabulary is the most expensive step (``d × V`` per
+    position, V = 30,522); with ``masked_positions`` only the ~15% masked
+    positions are projected, which is most of the cost of an MLM training step.
+    """
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, pooler=False)
+        self.transform = nn.Linear(config.d_model, config.d_model)
+        self.transform_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.decoder_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        init_bert_weights(self.transform, config.init_std)
+        init_bert_weights(self.transform_norm, config.init_std)
+
+    @property
+    def decoder_weight(self) -> nn.Parameter:
+        """The output projection: the word embeddings, ``(V, d)``."""
+        return self.bert.embeddings.token.weight
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        *,
+        labels: Tensor | None = None,
+        masked_positions: Tensor | None = None,
+        need_weights: bool | Sequence[int] = False,
+    ) -> BertHeadOutput:
+        """Vocabulary logits, at every position or at the masked ones only.
+
+        Args:
+            labels: the original token at each masked position, ``-100`` elsewhere;
+                ``(b, L)``, or ``(n,)`` already selected by ``masked_positions``.
+            masked_positions: boolean ``(b, L)``, ``True`` = predict this position.
+                ``None`` projects every position (Hugging Face's behaviour).
+
+        Shape:
+            logits ``(b, L, V)``; with ``masked_positions``, ``(n, V)`` in row-major
+            order of the ``True`` entries. loss: mean cross-entropy over labels
+            that are not ``-100``.
+        """
+        out = self.bert(input_ids, attention_mask, token_type_ids, need_weights=need_weights)
+        hidden = out.last_hidden_state  # (b, L, d)
+        if masked_positions is not None:
+            if masked_positions.dtype != torch.bool or masked_positions.shape != input_ids.shape:
+                raise ValueError(
+                    f"masked_positions must be a boolean tensor of shape {tuple(input_ids.shape)}, "
+                    f"got {masked_positions.dtype} {tuple(masked_positions.shape)}"
+                )
+            hidden = hidden[masked_positions]  # (n, d)
+            if labels is not None and labels.shape == masked_positions.shape:
+                labels = labels[masked_positions]  # (n,)
+        h = self.transform_norm(F.gelu(self.transform(hidden)))  # (..., d)
+        logits = F.linear(h, self.decoder_weight, self.decoder_bias)  # (..., V)
+        return BertHeadOutput(logits, _classification_loss(logits, labels, logits.shape[-1]), out)
+
+
+def _label_names(num_labels: int, label_names: Sequence[str] | None) -> tuple[str, ...]:
+    if label_names is None:
+        if num_labels < 1:
+            raise ValueError(f"num_labels must be positive, got {num_labels}")
+        return tuple(f"LABEL_{i}" for i in range(num_labels))
+    if len(label_names) != num_labels:
+        raise ValueError(f"got {len(label_names)} label_names for num_labels={num_labels}")
+    return tuple(label_names)
+
+
+class BertForSequenceClassification(nn.Module):
+    """One label per sequence from the pooled ``[CLS]`` state: dropout, then linear.
+
+    Args:
+        num_labels: number of classes ``C``.
+        label_names: a name per class (default ``LABEL_0`` …); saved with the model.
+        classifier_dropout: dropout before the classifier; default ``config.dropout``.
+    """
+
+    def __init__(
+        self,
+        config: BertConfig,
+        num_labels: int = 2,
+        *,
+        label_names: Sequence[str] | None = None,
+        classifier_dropout: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.label_names = _label_names(num_labels, label_names)
+        self.num_labels = num_labels
+        self.classifier_dropout = classifier_dropout
+        self.bert = BertModel(config)
+        p = config.dropout if classifier_dropout is None else classifier_dropout
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.d_model, num_labels)
+        init_bert_weights(self.classifier, config.init_std)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        *,
+        labels: Tensor | None = None,
+        need_weights: bool | Sequence[int] = False,
+    ) -> BertHeadOutput:
+        """Shape: inputs ``(b, L)``, labels ``(b,)`` class indices -> logits ``(b, C)``."""
+        out = self.bert(input_ids, attention_mask, token_type_ids, need_weights=need_weights)
+        assert out.pooled_output is not None  # built with a pooler
+        logits = self.classifier(self.dropout(out.pooled_output))  # (b, C)
+        return BertHeadOutput(logits, _classification_loss(logits, labels, self.num_labels), out)
+
+
+class BertForTokenClassification(nn.Module):
+    """One label per token (tagging, named entities): dropout, then linear, at every
+    position. Arguments as :class:`BertForSequenceClassification`."""
+
+    def __init__(
+        self,
+        config: BertConfig,
+        num_labels: int = 2,
+        *,
+        label_names: Sequence[str] | None = None,
+        classifier_dropout: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.label_names = _label_names(num_labels, label_names)
+        self.num_labels = num_labels
+        self.classifier_dropout = classifier_dropout
+        self.bert = BertModel(config, pooler=False)
+        p = config.dropout if classifier_dropout is None else classifier_dropout
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.d_model, num_labels)
+        init_bert_weights(self.classifier, config.init_std)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        *,
+        labels: Tensor | None = None,
+        need_weights: bool | Sequence[int] = False,
+    ) -> BertHeadOutput:
+        """Shape: inputs ``(b, L)``, labels ``(b, L)`` (``-100`` = no loss, e.g. padding
+        or word-piece continuations) -> logits ``(b, L, C)``."""
+        out = self.bert(input_ids, attention_mask, token_type_ids, need_weights=need_weights)
+        logits = self.classifier(self.dropout(out.last_hidden_state))  # (b, L, C)
+        return BertHeadOutput(logits, _classification_loss(logits, labels, self.num_labels), out)

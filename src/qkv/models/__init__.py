@@ -10,6 +10,7 @@ from qkv.models.bert import (
     BertOutput,
 )
 from qkv.models.transformer import Seq2SeqOutput, Transformer, TransformerConfig
+from qkv.models.vit import PatchEmbedding, ViT, ViTConfig, ViTOutput
 
 __all__ = [
     "BertConfig",
@@ -19,7 +20,11 @@ __all__ = [
     "BertHeadOutput",
     "BertModel",
     "BertOutput",
+    "PatchEmbedding",
     "Seq2SeqOutput",
     "Transformer",
     "TransformerConfig",
+    "ViT",
+    "ViTConfig",
+    "ViTOutput",
 ]

@@ -39,6 +39,19 @@ __all__ = ["PatchEmbedding", "ViT", "ViTConfig", "ViTOutput", "sinusoidal_2d_pos
 
 Positional = Literal["learned", "sinusoidal"]
 
+# Shared by the Fashion-MNIST presets (28×28 grey images, 10 classes).
+_FASHION: dict[str, Any] = dict(
+    image_size=28,
+    patch_size=7,
+    in_channels=1,
+    num_classes=10,
+    d_model=128,
+    num_layers=6,
+    num_heads=4,
+    d_ff=256,
+    dropout=0.0,
+)
+
 
 @dataclass(frozen=True)
 class ViTConfig:
@@ -62,12 +75,13 @@ class ViTConfig:
     # The paper's pre-training head is an MLP with one tanh hidden layer of this
     # width; fine-tuning (and this default) uses a single linear layer.
     representation_size: int | None = None
+    # "jax": the paper's code (Xavier, LeCun); "trunc_normal": timm and Hugging Face
+    # (std 0.02 everywhere). See ViT.reset_parameters.
+    init: Literal["jax", "trunc_normal"] = "jax"
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size", "in_channels", "num_classes", "d_model"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("num_layers", "num_heads", "d_ff"):
+        sizes = ("image_size", "patch_size", "in_channels", "num_classes", "d_model")
+        for name in (*sizes, "num_layers", "num_heads", "d_ff"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.image_size % self.patch_size != 0:
@@ -91,6 +105,8 @@ class ViTConfig:
                 f"2-D sinusoidal position embeddings need d_model divisible by 4, "
                 f"got {self.d_model}"
             )
+        if self.init not in ("jax", "trunc_normal"):
+            raise ValueError(f"init must be 'jax' or 'trunc_normal', got {self.init!r}")
         if self.representation_size is not None and self.representation_size < 1:
             raise ValueError(
                 f"representation_size must be positive or None, got {self.representation_size}"
@@ -126,29 +142,35 @@ class ViTConfig:
 
     @classmethod
     def fashion_tiny(cls, **overrides: Any) -> ViTConfig:
-        """28×28 grey images (Fashion-MNIST), 4 px patches (7 × 7 = 49 tokens + class
-        token), width 128, 6 layers, 4 heads of 32, feed-forward 256; about 0.8M
-        parameters, a few minutes per epoch on two CPU cores."""
-        sizes: dict[str, Any] = dict(
-            image_size=28,
-            patch_size=4,
-            in_channels=1,
-            num_classes=10,
-            d_model=128,
-            num_layers=6,
-            num_heads=4,
-            d_ff=256,
-            dropout=0.1,
-        )
-        return cls(**{**sizes, **overrides})
+        """28×28 grey images (Fashion-MNIST), 7 px patches (4 × 4 = 16 tokens + class
+        token), width 128, 6 layers, 4 heads of 32, feed-forward 256, no dropout;
+        0.80M parameters. The preset for the 30-minute CPU budget.
+
+        Measured (batch 128, AdamW lr 2e-3, weight decay 0.05, warmup + cosine, label
+        smoothing 0.1, one busy core): 12 epochs, 24 minutes, 89.1% test accuracy
+        without augmentation (88.2% with random crops and flips, which slow a ViT
+        down while it still underfits: it has no translation equivariance to lean on).
+        Dropout is off for the same reason. Per epoch it learns as fast as 4 px
+        patches and costs 2.2× less per step.
+        """
+        return cls(**{**_FASHION, **overrides})
+
+    @classmethod
+    def fashion_small(cls, **overrides: Any) -> ViTConfig:
+        """:meth:`fashion_tiny` with 4 px patches (7 × 7 = 49 tokens + class token):
+        finer attention maps, 2.2× the cost of a step (84.7% after 6 epochs with
+        augmentation, as fast per epoch as 7 px patches)."""
+        return cls(**{**_FASHION, "patch_size": 4, **overrides})
 
     @classmethod
     def digits(cls, **overrides: Any) -> ViTConfig:
-        """8×8 grey digits (scikit-learn's ``load_digits``), 2 px patches (16 tokens +
-        class token), width 64, 2 layers, 4 heads; trains in seconds."""
+        """8×8 grey digits (scikit-learn's ``load_digits``), 4 px patches (2 × 2 tokens
+        + class token), width 64, 2 layers, 4 heads; 69k parameters. 8 epochs give
+        96–99% test accuracy in about 7 s on one core. (2 px patches, 16 tokens of 4
+        pixels each, learned far more slowly in the same time.)"""
         sizes: dict[str, Any] = dict(
             image_size=8,
-            patch_size=2,
+            patch_size=4,
             in_channels=1,
             num_classes=10,
             d_model=64,
@@ -196,8 +218,7 @@ class PatchEmbedding(nn.Module):
         expected = f"(batch, {self.in_channels}, {self.image_size}, {self.image_size})"
         if images.dim() != 4:
             raise ValueError(
-                f"images must have 4 dims {expected}, got {images.dim()} dims "
-                f"{tuple(images.shape)}"
+                f"images must have 4 dims {expected}, got {images.dim()} dims {tuple(images.shape)}"
             )
         if images.shape[1] != self.in_channels:
             raise ValueError(
@@ -281,6 +302,9 @@ class ViT(nn.Module):
             c.d_model,
             c.num_heads,
             c.d_ff,
+            # Also after the GELU inside the feed-forward (the layer's default
+            # activation_dropout), as in the paper's JAX code and timm; Hugging Face
+            # leaves that one out, which only matters in training.
             dropout=c.dropout,
             attention_dropout=c.attention_dropout,
             activation="gelu",
@@ -292,9 +316,7 @@ class ViT(nn.Module):
             self.pre_logits: nn.Module = nn.Identity()
             head_in = c.d_model
         else:
-            self.pre_logits = nn.Sequential(
-                nn.Linear(c.d_model, c.representation_size), nn.Tanh()
-            )
+            self.pre_logits = nn.Sequential(nn.Linear(c.d_model, c.representation_size), nn.Tanh())
             head_in = c.representation_size
         self.head = nn.Linear(head_in, c.num_classes)
         self.reset_parameters()
@@ -313,27 +335,57 @@ class ViT(nn.Module):
             self.register_buffer("position_embeddings", table, persistent=False)
 
     def reset_parameters(self) -> None:
-        """ViT's initialisation (the paper's JAX code, as timm and Hugging Face do it):
-        truncated normal with std 0.02 for every linear weight, the class token and the
-        learned position embeddings; zero biases; LayerNorm weight 1, bias 0; and a
-        zero head, so the first logits are all 0 and the loss starts at ``log K``."""
+        """Initialise every weight, in one place.
 
-        def trunc_normal_(tensor: Tensor) -> None:
-            # Cut at two standard deviations (JAX's truncated_normal), not at ±2 in
-            # absolute value, which for std 0.02 would cut nothing.
-            nn.init.trunc_normal_(tensor, std=0.02, a=-0.04, b=0.04)
+        ``init="jax"`` (default), the paper's own code (google-research/vision_transformer):
+        Xavier-uniform for the linear layers of the encoder, LeCun normal (truncated)
+        for the patch projection and the pre-logits layer, N(0, 0.02) for the learned
+        position embeddings, a zero class token, a zero head.
 
+        ``init="trunc_normal"``, timm's default and Hugging Face's: truncated normal
+        with std 0.02 for every linear weight, the class token and the positions.
+
+        Both: zero biases, LayerNorm weight 1 and bias 0, and the zero head, so the
+        first logits are all 0 and the loss starts at ``log K``. The two are close at
+        width 768 (Xavier's std is 0.023–0.036 there), not at small widths: at width
+        128 Xavier's weights are 3.6–4.4× larger, attention is less uniform at the
+        start, and a Fashion-MNIST model learns much faster (after 300 steps, 80.8%
+        test accuracy against 74.0% with patch 7, 78.7% against 67.8% with patch 4).
+        """
+
+        def truncated_normal_(tensor: Tensor, std: float) -> None:
+            # Cut at two standard deviations, as JAX does (not at ±2 in absolute
+            # value, which for std 0.02 would cut nothing).
+            nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+
+        def lecun_normal_(weight: Tensor) -> None:
+            # Variance 1/fan_in after the cut at ±2σ, which removes 12% of the
+            # variance: hence the division (the constant of jax.nn.initializers).
+            truncated_normal_(weight, std=weight.shape[1] ** -0.5 / 0.87962566103423978)
+
+        jax = self.config.init == "jax"
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                trunc_normal_(module.weight)
+                if jax:
+                    nn.init.xavier_uniform_(module.weight)
+                else:
+                    truncated_normal_(module.weight, std=0.02)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        trunc_normal_(self.cls_token)
-        if isinstance(self.position_embeddings, nn.Parameter):
-            trunc_normal_(self.position_embeddings)
+        if jax:
+            lecun_normal_(self.patch_embedding.proj.weight)
+            if isinstance(self.pre_logits, nn.Sequential):
+                lecun_normal_(self.pre_logits[0].weight)
+            nn.init.zeros_(self.cls_token)
+            if isinstance(self.position_embeddings, nn.Parameter):
+                nn.init.normal_(self.position_embeddings, std=0.02)
+        else:
+            truncated_normal_(self.cls_token, std=0.02)
+            if isinstance(self.position_embeddings, nn.Parameter):
+                truncated_normal_(self.position_embeddings, std=0.02)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
@@ -366,9 +418,7 @@ class ViT(nn.Module):
         """
         return self.head(self.pre_logits(features[:, 0]))  # (b, K)
 
-    def forward(
-        self, images: Tensor, *, need_weights: bool | Sequence[int] = False
-    ) -> ViTOutput:
+    def forward(self, images: Tensor, *, need_weights: bool | Sequence[int] = False) -> ViTOutput:
         """Classify a batch of images.
 
         Shape: images ``(b, c, H, W)`` -> logits ``(b, K)``; see :class:`ViTOutput`.

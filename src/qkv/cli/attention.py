@@ -1,0 +1,312 @@
+"""``qkv attention``: where a model attends on one input, as pictures and as a page.
+
+qkv attention runs/de-en "Der Hund aß das Futter, weil er hungrig war." --out maps.png
+qkv attention path/to/all-MiniLM-L6-v2 "The dog ate the food because it was hungry." \\
+    --layer 2 --lines it --out it.png --html maps.html
+qkv attention runs/vit-fashion shoe.png --layer -1 --out vit.png
+
+PATH is one of
+  a translator: a run directory of `qkv translate train`, or one of its checkpoints
+      (INPUT: a German sentence; pictures of encoder, decoder and cross-attention);
+  a BERT: a Hugging Face folder with config.json (model_type "bert"), the weights
+      and tokenizer.json (INPUT: text);
+  a ViT: a qkv checkpoint (or run directory) whose meta.json has a ViT model_config,
+      or a Hugging Face folder with model_type "vit" (INPUT: an image file, or
+      fashion-mnist:N / digits:N for test image N of those sets).
+
+Only the layers asked for (--layer) compute their weights; the others keep the
+fused kernel. A ViT without --layer captures every layer and adds the attention
+rollout. Without --out or --html the picture goes to attention.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+USAGE = __doc__
+IMAGE_SETS = ("fashion-mnist", "digits")
+
+
+@dataclass
+class Loaded:
+    """A model ready to capture, and how to feed it."""
+
+    family: str  # "translator" | "bert" | "vit"
+    model: Any  # a Translator (model and tokenizer), a BertModel or a ViT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "attention",
+        help="draw a model's attention on one input (PNG/SVG, HTML page)",
+        description=USAGE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("path", help="translator run/checkpoint, BERT folder or ViT checkpoint")
+    parser.add_argument("input", help="a sentence, or an image for a ViT")
+    parser.add_argument(
+        "--layer", type=int, action="append", help="layer to capture (repeat; default all)"
+    )
+    parser.add_argument("--head", type=int, action="append", help="head to draw (repeat)")
+    parser.add_argument("--mean", action="store_true", help="draw the mean over heads")
+    parser.add_argument("--lines", metavar="TOKEN", help="seed 004's lines view of TOKEN")
+    parser.add_argument(
+        "--kind",
+        choices=["all", "encoder", "decoder", "cross"],
+        default="all",
+        help="translator: which attention to draw (default all, one picture each)",
+    )
+    parser.add_argument("--target", help="translator: read this translation instead of its own")
+    parser.add_argument("--beam", type=int, default=4, help="translator: beam size (1 = greedy)")
+    parser.add_argument("--out", help="picture to write: .png or .svg (default attention.png)")
+    parser.add_argument("--html", help="self-contained page to write (.html)")
+    parser.set_defaults(run=run)
+
+
+# --- loading: what is PATH? --------------------------------------------------------------------
+
+
+def _checkpoint_meta(path: Path) -> tuple[Path, dict[str, Any]] | None:
+    from qkv.train.checkpoint import latest_checkpoint, read_meta
+
+    if (path / "meta.json").is_file():
+        return path, read_meta(path)
+    latest = latest_checkpoint(path)
+    return None if latest is None else (latest.path, latest.meta)
+
+
+def load(path: str | Path) -> Loaded:
+    """Recognise and load the model at ``path`` (see the command's help)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if (path / "config.json").is_file():
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        if model_type == "bert":
+            return _load_bert(path)
+        if model_type == "vit":
+            return _load_hf_vit(path)
+        raise ValueError(f"{path}: Hugging Face model_type {model_type!r}; qkv draws bert and vit")
+    found = _checkpoint_meta(path) if path.is_dir() else None
+    if found is None:
+        raise ValueError(
+            f"{path} is neither a Hugging Face folder (config.json) nor a qkv checkpoint "
+            "or run directory (meta.json)"
+        )
+    checkpoint, meta = found
+    family = str(meta.get("family", ""))
+    if family == "transformer-translation":
+        from qkv.tasks.translation import load_translator
+
+        return Loaded("translator", load_translator(checkpoint))
+    if "vit" in family.lower() or "patch_size" in meta.get("model_config", {}):
+        return _load_vit(checkpoint, meta)
+    raise ValueError(
+        f"{checkpoint} holds a {family!r} model; qkv attention draws translators, BERT and ViT"
+    )
+
+
+def _load_bert(path: Path) -> Loaded:
+    from tokenizers import Tokenizer
+
+    from qkv.convert.bert import from_pretrained
+
+    if not (path / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"no tokenizer.json in {path}: BERT needs its WordPiece tokenizer")
+    model = from_pretrained(path).eval()
+    return Loaded("bert", model, {"tokenizer": Tokenizer.from_file(str(path / "tokenizer.json"))})
+
+
+def _load_vit(checkpoint: Path, meta: dict[str, Any]) -> Loaded:
+    """A qkv ViT checkpoint. Read from meta.json: ``model_config``; optional
+    ``normalization`` ``{"mean": [...], "std": [...]}`` in pixel units,
+    ``max_value`` (the largest pixel value of the training set, 255 by default)
+    and ``classes``."""
+    from qkv.models.vit import ViT, ViTConfig
+    from qkv.train.checkpoint import load_weights
+
+    model = ViT(ViTConfig.from_dict(meta["model_config"]))
+    load_weights(model, checkpoint)
+    norm = meta.get("normalization") or {k: meta[k] for k in ("mean", "std") if k in meta}
+    return Loaded(
+        "vit",
+        model.eval(),
+        {
+            "mean": norm.get("mean"),
+            "std": norm.get("std"),
+            "max_value": float(meta.get("max_value", 255)),
+            "classes": meta.get("classes"),
+        },
+    )
+
+
+def _load_hf_vit(path: Path) -> Loaded:
+    import transformers
+
+    from qkv.convert.vit import from_hf
+
+    hf = transformers.ViTForImageClassification.from_pretrained(path)
+    model = from_hf(hf).eval()
+    pre_file = path / "preprocessor_config.json"
+    pre = json.loads(pre_file.read_text()) if pre_file.is_file() else {}
+    # Hugging Face rescales to [0, 1] first, so its mean and std are in those units.
+    scale = 255.0 * float(pre.get("rescale_factor", 1 / 255))
+    mean = [m / scale for m in pre.get("image_mean", [0.5] * model.config.in_channels)]
+    std = [s / scale for s in pre.get("image_std", [0.5] * model.config.in_channels)]
+    labels = hf.config.id2label
+    classes = [labels[i] for i in sorted(labels)] if labels else None
+    return Loaded("vit", model, {"mean": mean, "std": std, "max_value": 255.0, "classes": classes})
+
+
+def read_image(source: str, loaded: Loaded) -> tuple[Tensor, tuple[str, ...] | None]:
+    """The image to show the ViT, in the units it was trained on, unnormalised, and
+    the class names when it comes from one of the image sets.
+
+    Shape: ``(c, H, W)`` float, values in ``[0, max_value]``.
+    """
+    config = loaded.model.config
+    name, _, index = source.partition(":")
+    if name in IMAGE_SETS and index.isdigit():
+        from qkv.data.images import load_digits, load_fashion_mnist
+
+        images = load_fashion_mnist("test") if name == "fashion-mnist" else load_digits("test")
+        # (c, H, W), already in the units the model was trained on
+        return images.images[int(index)].float(), images.classes
+    from PIL import Image
+
+    mode = "L" if config.in_channels == 1 else "RGB"
+    with Image.open(source) as opened:
+        picture = opened.convert(mode).resize((config.image_size, config.image_size))
+        pixels = torch.tensor(np.asarray(picture, dtype=np.float32))  # (H, W) or (H, W, c)
+    pixels = pixels.reshape(config.image_size, config.image_size, -1).permute(2, 0, 1)  # (c, H, W)
+    return pixels * (loaded.extra["max_value"] / 255.0), None
+
+
+def _normalise(image: Tensor, loaded: Loaded) -> Tensor:
+    mean, std = loaded.extra.get("mean"), loaded.extra.get("std")
+    if mean is None or std is None:
+        return image / loaded.extra["max_value"]  # [0, 1] when nothing better is known
+    m, s = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+    return (image - m[:, None, None]) / s[:, None, None]
+
+
+# --- capture, draw, write ----------------------------------------------------------------------
+
+
+def _summary(amap: Any, layer: int, heads: list[int] | None, mean: bool) -> str:
+    """Text for the terminal: for each query, the key it attends to most."""
+    weights = amap.layer(layer)  # (h, q, k)
+    if heads is not None:
+        weights = weights[heads]
+    if mean or heads is None or len(heads) > 1:
+        what, matrix = f"mean of {weights.shape[0]} heads", weights.mean(dim=0)
+    else:
+        what, matrix = f"head {heads[0]}", weights[0]
+    lines = [f"{amap.kind} attention, layer {layer % amap.num_layers} ({what}): strongest key"]
+    # A ViT has a row per patch; its class token's row is the one people read.
+    rows = list(zip(amap.queries, matrix, strict=True))[: 1 if amap.grid_size else None]
+    width = max(len(t) for t, _ in rows)
+    for query, row in rows:
+        best = int(row.argmax())
+        lines.append(f"  {query:>{width}} -> {amap.keys[best]} ({float(row[best]):.2f})")
+    return "\n".join(lines)
+
+
+def _capture(loaded: Loaded, args: argparse.Namespace) -> tuple[dict[str, Any], str, Tensor | None]:
+    """(maps by kind, a title, the image for a ViT)."""
+    from qkv.viz.capture import bert_attention, capture_vit, translator_attention
+
+    layers = args.layer
+    if loaded.family == "translator":
+        maps = translator_attention(
+            loaded.model, args.input, targets=args.target, layers=layers, beam_size=args.beam
+        )[0]
+        translation = loaded.model.tokenizer.target.decode(
+            [loaded.model.tokenizer.target.token_to_id(t) or 0 for t in maps["cross"].queries]
+        )
+        print(f"source       {args.input}\ntranslation  {translation}")
+        return maps, f"{args.input} → {translation}", None
+    if loaded.family == "bert":
+        maps = bert_attention(loaded.model, loaded.extra["tokenizer"], args.input, layers=layers)[0]
+        print("tokens  " + " ".join(maps["encoder"].keys))
+        return maps, args.input, None
+    image, set_classes = read_image(args.input, loaded)
+    pixels = _normalise(image, loaded)[None]  # (1, c, H, W)
+    # Without --layer every layer is captured, and the rollout multiplies through them.
+    maps = capture_vit(loaded.model, pixels, layers=layers)[0]
+    with torch.no_grad():
+        logits = loaded.model(pixels).logits[0]  # (K,)
+    classes = loaded.extra.get("classes") or set_classes
+    best = int(logits.argmax())
+    label = classes[best] if classes and best < len(classes) else str(best)
+    print(f"image  {args.input}  predicted class {label}")
+    return maps, f"{args.input} → {label}", image
+
+
+def _out_path(out: Path, kind: str, several: bool) -> Path:
+    return out.with_name(f"{out.stem}-{kind}{out.suffix}") if several else out
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        print(f"qkv attention: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from qkv.viz.page import write_attention_page
+    from qkv.viz.plots import (
+        find_token,
+        plot_attention,
+        plot_attention_lines,
+        plot_vit_attention,
+        save_figure,
+    )
+
+    loaded = load(args.path)
+    maps, title, image = _capture(loaded, args)
+    kinds = list(maps) if args.kind == "all" else [args.kind]
+    if any(k not in maps for k in kinds):
+        raise SystemExit(f"--kind {args.kind}: this model has only {list(maps)} attention")
+    heads = args.head
+    shown_layer = args.layer[-1] if args.layer else -1
+    for kind in kinds:
+        print(_summary(maps[kind], shown_layer, heads, args.mean))
+    out = Path(args.out) if args.out else (None if args.html else Path("attention.png"))
+    if out is not None:
+        several = len(kinds) > 1
+        for kind in kinds:
+            amap = maps[kind]
+            if image is not None:
+                figure = plot_vit_attention(
+                    image, amap, layer=shown_layer, heads=heads, title=title
+                )
+            elif args.lines is not None:
+                try:
+                    find_token(amap.queries, args.lines)
+                except ValueError as error:
+                    print(f"{kind}: no lines ({error})")
+                    continue
+                figure = plot_attention_lines(
+                    amap, layer=shown_layer, token=args.lines, heads=heads, mean=args.mean
+                )
+            else:
+                figure = plot_attention(
+                    amap, layers=args.layer, heads=heads, mean=args.mean, title=f"{kind}: {title}"
+                )
+            print(f"wrote {save_figure(figure, _out_path(out, kind, several))}")
+    if args.html:
+        print(f"wrote {write_attention_page(args.html, [maps[k] for k in kinds], title=title)}")
+    return 0

@@ -1,0 +1,175 @@
+"""``qkv bert``: pretrain a BERT with masked-LM, fine-tune it, classify with it.
+
+qkv bert pretrain --preset mini --steps 2000 --run-dir runs/bert-mini
+qkv bert finetune --data bbc --seeds 0 1 2                  # all-MiniLM-L6-v2 (installed)
+qkv bert finetune runs/bert-mini --data bbc --run-dir runs/bbc-mini
+qkv bert finetune --from-scratch --preset mini --tokenizer runs/bert-mini --data bbc
+qkv bert classify runs/bbc/seed-0/model "Shares fell sharply after the results."
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+USAGE = __doc__
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "bert",
+        help="pretrain (masked LM), fine-tune and use BERT classifiers",
+        description=USAGE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="pretrain | finetune | classify")
+    parser.set_defaults(run=run)
+
+
+def _pretrain_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qkv bert pretrain")
+    p.add_argument("--run-dir", default="runs/bert-pretrain")
+    p.add_argument("--preset", choices=["tiny", "mini", "small", "base"], default="mini")
+    p.add_argument("--tokenizer", help="take the vocabulary from this checkpoint or file")
+    p.add_argument("--vocab-size", type=int, default=8192, help="of a newly trained vocabulary")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--eval-every", type=int, default=200)
+    p.add_argument("--max-documents", type=int, help="use only this many documents (smoke tests)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _finetune_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qkv bert finetune")
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="BERT checkpoint folder or pretrain run (default: the installed all-MiniLM-L6-v2)",
+    )
+    p.add_argument("--from-scratch", action="store_true", help="no pretrained weights")
+    p.add_argument("--preset", choices=["tiny", "mini", "small", "base"], default="mini")
+    p.add_argument("--tokenizer", help="with --from-scratch: vocabulary of this checkpoint")
+    p.add_argument("--data", choices=["bbc", "tweets"], default="bbc")
+    p.add_argument("--data-path", help="the data set's file or folder (default: installed)")
+    p.add_argument("--run-dir", default="runs/bert-finetune")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--attention-dropout", type=float, help="override the checkpoint's")
+    p.add_argument("--limit", type=int, nargs=3, metavar=("TRAIN", "VALID", "TEST"))
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    return p
+
+
+def _classify_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qkv bert classify")
+    p.add_argument("checkpoint", help="a fine-tuned classifier folder")
+    p.add_argument("texts", nargs="*", help="texts (default: one per line on stdin)")
+    return p
+
+
+def _pretrain(argv: list[str]) -> int:
+    from qkv.tasks.bert import PretrainRecipe, pretrain
+
+    o = _pretrain_parser().parse_args(argv)
+    recipe = PretrainRecipe(
+        preset=o.preset,
+        vocab_size=o.vocab_size,
+        max_steps=o.steps,
+        batch_size=o.batch_size,
+        max_length=o.max_length,
+        lr=o.lr,
+        eval_every=o.eval_every,
+    )
+    report = pretrain(
+        o.run_dir,
+        recipe,
+        tokenizer=o.tokenizer,
+        max_documents=o.max_documents,
+        resume=o.resume,
+        device=o.device,
+        seed=o.seed,
+    )
+    print(f"{report.steps} steps in {report.seconds:.0f} s; model in {report.model_dir}")
+    print(f"{'held-out':<12}{'MLM loss':>10}{'accuracy':>10}")
+    for name, values in (("start", report.initial), ("end", report.final)):
+        if values:
+            print(f"{name:<12}{values['mlm_loss']:>10.4f}{values['mlm_accuracy']:>10.2%}")
+    return 0
+
+
+def _finetune(argv: list[str]) -> int:
+    from qkv.tasks.bert import FinetuneRecipe, finetune, minilm_path
+
+    o = _finetune_parser().parse_args(argv)
+    if o.from_scratch and o.checkpoint:
+        print("qkv bert finetune: give a checkpoint or --from-scratch, not both", file=sys.stderr)
+        return 2
+    checkpoint = None if o.from_scratch else (o.checkpoint or minilm_path())
+    overrides = {} if o.attention_dropout is None else {"attention_dropout": o.attention_dropout}
+    recipe = FinetuneRecipe(
+        epochs=o.epochs, batch_size=o.batch_size, max_length=o.max_length, lr=o.lr
+    )
+    report = finetune(
+        o.run_dir,
+        recipe,
+        checkpoint=checkpoint,
+        preset=o.preset if o.from_scratch else None,
+        tokenizer=o.tokenizer,
+        dataset=o.data,
+        data_path=o.data_path,
+        seeds=o.seeds,
+        limits=tuple(o.limit) if o.limit else (None, None, None),
+        model_overrides=overrides,
+        device=o.device,
+    )
+    sizes = report.sizes
+    print(f"{report.dataset} from {report.source}: train {sizes['train']}, test {sizes['test']}")
+    for seed, accuracy in report.test_accuracy.items():
+        print(
+            f"seed {seed}: test accuracy {accuracy:.2%} (valid {report.valid_accuracy[seed]:.2%}, "
+            f"{report.seconds[seed]:.0f} s) -> {report.model_dirs[seed]}"
+        )
+    print(
+        f"test accuracy {report.mean:.2%} ± {report.std:.2%} over {len(report.test_accuracy)} seeds"
+    )
+    return 0
+
+
+def _classify(argv: list[str]) -> int:
+    from qkv.tasks.bert import Classifier
+
+    o = _classify_parser().parse_args(argv)
+    texts = o.texts or [line.strip() for line in sys.stdin if line.strip()]
+    classifier = Classifier.load(o.checkpoint)
+    for text, prediction in zip(texts, classifier.predict(texts), strict=True):
+        ranked = sorted(prediction.probabilities.items(), key=lambda kv: -kv[1])
+        print(f"{prediction.label}\t{text}")
+        print("   " + "  ".join(f"{name} {p:.3f}" for name, p in ranked))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = list(args.args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    commands = {"pretrain": _pretrain, "finetune": _finetune, "classify": _classify}
+    if argv[0] not in commands:
+        print(f"qkv bert: unknown command {argv[0]!r}; choose from {list(commands)}")
+        return 2
+    try:
+        return commands[argv[0]](argv[1:])
+    except FileNotFoundError as error:  # a data package or checkpoint is missing
+        print(f"qkv bert {argv[0]}: {error}", file=sys.stderr)
+        return 1

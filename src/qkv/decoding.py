@@ -1,0 +1,388 @@
+"""Greedy decoding and beam search for the seq2seq :class:`~qkv.models.Transformer`.
+
+Both encode the source once, then run the decoder one new token per step with a
+key/value cache (:meth:`Transformer.decode` with ``cache=``), so a step costs the
+same at every position instead of re-reading the whole prefix. Beam search follows
+the surviving hypotheses with ``cache.reorder(index)`` (section 6.1 of Vaswani et
+al. 2017: beam size 4, length penalty α = 0.6, maximum length source + 50).
+
+Notation:
+    b   sentences in the batch
+    k   beams per sentence (``beam_size``)
+    s   source length (padded)
+    d   model width
+    V   target vocabulary
+    t   target tokens decoded so far (the step)
+
+Conventions shared by both functions:
+
+- Decoding of sentence ``i`` stops at ``eos_id`` or after ``max_len[i]`` new tokens,
+  whichever comes first; ``max_len`` counts the eos token, so at most that many
+  decoder steps run. The returned token lists hold neither bos nor eos.
+- A score is a sum of natural-log probabilities of the tokens produced, eos
+  included when it was produced. Padding is never produced.
+- Batch-invariant: each sentence's result depends only on its own source. Its
+  padding is masked, its maximum length comes from its own length, and once it is
+  done it is frozen while the rest of the batch goes on. (Up to floating-point
+  rounding: a batch of a different size runs other matrix-multiply kernels, so two
+  candidates closer than ~1e-6 in score may swap.)
+- The model must be in eval mode (dropout would make decoding random); both
+  functions raise rather than switch it silently, and run under
+  ``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from qkv.embedding import check_token_ids
+from qkv.masks import padding_mask_from_ids
+from qkv.models.transformer import Transformer
+
+__all__ = [
+    "MAX_LEN_MARGIN",
+    "DecodingOutput",
+    "beam_search",
+    "gnmt_length_penalty",
+    "greedy_decode",
+]
+
+# Default maximum output length: source length + 50 (Vaswani et al. 2017, section 6.1).
+MAX_LEN_MARGIN = 50
+
+
+@dataclass
+class DecodingOutput:
+    """One hypothesis per sentence.
+
+    ``tokens[i]``: the output ids of sentence ``i``, without bos and eos.
+    ``log_probs``: ``(b,)`` their total log-probability (eos included when produced).
+    ``scores``: ``(b,)`` what the search maximised: ``log_probs`` for greedy decoding,
+    ``log_probs / lp(|Y|)`` for beam search (see :func:`gnmt_length_penalty`).
+    """
+
+    tokens: list[list[int]]
+    log_probs: Tensor
+    scores: Tensor
+
+
+def gnmt_length_penalty(length: int | Tensor, alpha: float) -> float | Tensor:
+    """GNMT's length penalty ``lp(Y) = ((5 + |Y|) / 6) ** α`` (Wu et al. 2016, eq. 14).
+
+    ``|Y|`` counts the scored tokens (eos included). Log-probabilities only fall as a
+    hypothesis grows; dividing by ``lp`` (≥ 1, growing with length when α > 0) stops
+    beam search from preferring short outputs. α = 0 turns it off.
+    """
+    return ((5 + length) / 6) ** alpha
+
+
+def greedy_decode(
+    model: Transformer,
+    src_ids: Tensor,
+    *,
+    bos_id: int,
+    eos_id: int,
+    max_len: int | None = None,
+    min_len: int = 0,
+    src_key_padding_mask: Tensor | None = None,
+) -> DecodingOutput:
+    """Pick the most probable next token at every step (ties: the lowest id).
+
+    Args:
+        model: an encoder–decoder :class:`Transformer` in eval mode.
+        src_ids: source ids, padded with ``model.config.pad_id``.
+        bos_id: first decoder input. eos_id: ends a sentence.
+        max_len: most new tokens per sentence, eos included; default: each
+            sentence's own (unpadded) source length + 50. Capped by the model's
+            ``config.max_len`` positions.
+        min_len: eos is not allowed before this many output tokens (benchmarks use
+            ``min_len = max_len`` to force a fixed number of steps).
+        src_key_padding_mask: True = real source token; default ``src_ids != pad_id``.
+
+    Shape:
+        src_ids ``(b, s)``, src_key_padding_mask ``(b, s)``; returns ``b`` token lists
+        and ``(b,)`` log-probabilities (= scores).
+    """
+    src_mask, limits = _prepare(
+        model, src_ids, bos_id, eos_id, max_len, min_len, src_key_padding_mask
+    )
+    out = _greedy(model, src_ids, src_mask, limits, bos_id=bos_id, eos_id=eos_id, min_len=min_len)
+    return _ordinary_tensors(out)
+
+
+@torch.inference_mode()
+def _greedy(
+    model: Transformer,
+    src_ids: Tensor,
+    src_mask: Tensor,
+    limits: Tensor,
+    *,
+    bos_id: int,
+    eos_id: int,
+    min_len: int,
+) -> DecodingOutput:
+    b, device, pad_id = src_ids.shape[0], src_ids.device, model.config.pad_id
+    memory = model.encode(src_ids, src_key_padding_mask=src_mask).last_hidden_state  # (b, s, d)
+    cache = model.init_cache()
+    inputs = torch.full((b, 1), bos_id, dtype=torch.long, device=device)  # (b, 1)
+    log_probs = torch.zeros(b, device=device)  # (b,)
+    lengths = torch.zeros(b, dtype=torch.long, device=device)  # (b,) output tokens, no eos
+    done = torch.zeros(b, dtype=torch.bool, device=device)  # (b,)
+    produced: list[Tensor] = []  # t × (b,)
+    for t in range(int(limits.max())):
+        hidden = model.decode(
+            inputs, memory, memory_key_padding_mask=src_mask, cache=cache
+        ).last_hidden_state  # (b, 1, d)
+        logp = _next_log_probs(model, hidden[:, -1], t, eos_id=eos_id, min_len=min_len)  # (b, V)
+        token_logp, token = logp.max(dim=-1)  # (b,), (b,); first maximum on ties
+        # Sentences already done emit padding and add nothing to their score.
+        token = token.masked_fill(done, pad_id)
+        log_probs += token_logp.masked_fill(done, 0.0)
+        ended = token == eos_id
+        lengths += (~done & ~ended).long()
+        produced.append(token)
+        done |= ended | (t + 1 >= limits)
+        if bool(done.all()):  # one host sync per step: stop as soon as all are done
+            break
+        inputs = token[:, None]  # (b, 1)
+    tokens = torch.stack(produced, dim=1)  # (b, t)
+    return DecodingOutput(_to_lists(tokens, lengths), log_probs, log_probs)
+
+
+def beam_search(
+    model: Transformer,
+    src_ids: Tensor,
+    *,
+    bos_id: int,
+    eos_id: int,
+    beam_size: int = 4,
+    length_penalty: float = 0.6,
+    max_len: int | None = None,
+    min_len: int = 0,
+    src_key_padding_mask: Tensor | None = None,
+) -> DecodingOutput:
+    """Beam search with GNMT's length penalty, all sentences in one batch of ``b × k`` rows.
+
+    Each step extends every alive hypothesis by every token and keeps the ``2k`` best
+    candidates by log-probability (ties: as ``torch.topk`` orders them). An eos
+    candidate ranked within the first ``k`` (it would have taken a beam slot) ends a
+    hypothesis, scored ``log_prob / lp(|Y|)``; the first ``k`` candidates that do not
+    end in eos are the next alive beams. A hypothesis that reaches its sentence's
+    maximum length ends there, scored the same way. Only the best finished
+    hypothesis of a sentence is kept; a new one replaces it only if strictly better.
+
+    A sentence is done when no alive hypothesis can beat its best finished one:
+    log-probabilities only fall, so an alive hypothesis can at best end with
+    ``log_prob / lp(max_len)`` (Wu et al. 2016; tensor2tensor's stopping rule). The
+    result is then the same as if the search had gone on to the maximum length,
+    which is what makes freezing a done sentence inside a batch exact.
+
+    With α = 0 and ``beam_size=1`` this is greedy decoding. With α > 0 a single beam
+    may search past greedy's eos, since a longer hypothesis can score higher after
+    the length normalisation.
+
+    Args:
+        beam_size: hypotheses kept per sentence (``k``).
+        length_penalty: GNMT's α ≥ 0.
+        Others: as :func:`greedy_decode`.
+
+    Shape:
+        src_ids ``(b, s)``; returns ``b`` token lists, ``(b,)`` log-probabilities and
+        ``(b,)`` scores.
+    """
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+    if length_penalty < 0:
+        raise ValueError(f"length_penalty (α) must be >= 0, got {length_penalty}")
+    src_mask, limits = _prepare(
+        model, src_ids, bos_id, eos_id, max_len, min_len, src_key_padding_mask
+    )
+    out = _beam(
+        model,
+        src_ids,
+        src_mask,
+        limits,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        k=beam_size,
+        alpha=length_penalty,
+        min_len=min_len,
+    )
+    return _ordinary_tensors(out)
+
+
+@torch.inference_mode()
+def _beam(
+    model: Transformer,
+    src_ids: Tensor,
+    src_mask: Tensor,
+    limits: Tensor,
+    *,
+    bos_id: int,
+    eos_id: int,
+    k: int,
+    alpha: float,
+    min_len: int,
+) -> DecodingOutput:
+    b, device, pad_id = src_ids.shape[0], src_ids.device, model.config.pad_id
+    neg_inf = float("-inf")
+    memory = model.encode(src_ids, src_key_padding_mask=src_mask).last_hidden_state  # (b, s, d)
+    # Each sentence's memory k times, once: row i·k + j is beam j of sentence i.
+    memory = memory.repeat_interleave(k, dim=0)  # (b·k, s, d)
+    memory_mask = src_mask.repeat_interleave(k, dim=0)  # (b·k, s)
+    cache = model.init_cache()
+    first_row = torch.arange(b, device=device)[:, None] * k  # (b, 1) row of beam 0
+    max_steps = int(limits.max())
+    last_lp = gnmt_length_penalty(limits.float(), alpha)  # (b,) lp at each one's max length
+
+    # The k start beams are one hypothesis (bos alone). Only beam 0 may expand at the
+    # first step, or the beam would fill with k copies of the best continuation.
+    alive_logp = torch.full((b, k), neg_inf, device=device)  # (b, k)
+    alive_logp[:, 0] = 0.0
+    alive_tokens = torch.empty(b * k, 0, dtype=torch.long, device=device)  # (b·k, t)
+    inputs = torch.full((b * k, 1), bos_id, dtype=torch.long, device=device)  # (b·k, 1)
+    best_score = torch.full((b,), neg_inf, device=device)  # (b,)
+    best_logp = torch.full((b,), neg_inf, device=device)  # (b,)
+    best_tokens = torch.full((b, max_steps), pad_id, dtype=torch.long, device=device)  # (b, T)
+    best_len = torch.zeros(b, dtype=torch.long, device=device)  # (b,)
+    done = torch.zeros(b, dtype=torch.bool, device=device)  # (b,)
+    rank = torch.arange(2 * k, device=device)  # (2k,)
+
+    def keep_if_better(score: Tensor, logp: Tensor, tokens: Tensor) -> None:
+        """Where ``score`` is strictly higher than the best so far, the hypothesis
+        ``tokens`` becomes its sentence's best finished one.
+        Shape: score, logp ``(b,)``; tokens ``(b, length)``, without eos."""
+        nonlocal best_score, best_logp, best_tokens, best_len
+        better = score > best_score  # (b,); -inf never wins
+        padded = F.pad(tokens, (0, max_steps - tokens.shape[1]), value=pad_id)  # (b, T)
+        best_tokens = torch.where(better[:, None], padded, best_tokens)  # (b, T)
+        best_len = best_len.masked_fill(better, tokens.shape[1])
+        best_logp = torch.where(better, logp, best_logp)
+        best_score = torch.where(better, score, best_score)
+
+    for t in range(max_steps):
+        n = t + 1  # scored tokens of a hypothesis that ends at this step
+        lp = gnmt_length_penalty(n, alpha)
+        hidden = model.decode(
+            inputs, memory, memory_key_padding_mask=memory_mask, cache=cache
+        ).last_hidden_state  # (b·k, 1, d)
+        logp = _next_log_probs(model, hidden[:, -1], t, eos_id=eos_id, min_len=min_len)  # (b·k, V)
+        vocab = logp.shape[-1]
+        candidates = alive_logp.view(b * k, 1) + logp  # (b·k, V)
+        candidates = candidates.view(b, k * vocab)  # (b, k·V): index j = beam j // V, token j % V
+        top_logp, top_index = candidates.topk(2 * k, dim=-1)  # (b, 2k), best first
+        top_beam, top_token = top_index // vocab, top_index % vocab  # (b, 2k)
+        is_eos = top_token == eos_id  # (b, 2k)
+
+        # Hypotheses ending in eos now. They all have length n, so the best
+        # log-probability is the best score. (-inf candidates are beams that never
+        # were: the first step, or a done sentence.)
+        ends = is_eos & (rank < k) & top_logp.isfinite() & ~done[:, None]  # (b, 2k)
+        end_score = torch.where(ends, top_logp / lp, neg_inf)  # (b, 2k)
+        score, pos = end_score.max(dim=-1)  # (b,); the best rank on ties
+        row = first_row[:, 0] + top_beam.gather(1, pos[:, None])[:, 0]  # (b,) its beam's row
+        keep_if_better(score, top_logp.gather(1, pos[:, None])[:, 0], alive_tokens[row])
+
+        # The next alive beams: the first k candidates not ending in eos (a stable
+        # sort on the flag keeps their rank order; at most k of the 2k are eos).
+        keep = torch.sort(is_eos.byte(), dim=-1, stable=True).indices[:, :k]  # (b, k)
+        alive_logp = top_logp.gather(1, keep)  # (b, k), best first
+        rows = (first_row + top_beam.gather(1, keep)).view(-1)  # (b·k,) row each beam extends
+        new_tokens = top_token.gather(1, keep).view(-1)  # (b·k,)
+        alive_tokens = torch.cat([alive_tokens[rows], new_tokens[:, None]], dim=1)  # (b·k, n)
+        cache.reorder(rows)
+        inputs = new_tokens[:, None]  # (b·k, 1)
+
+        # At its maximum length a sentence's alive beams end as they are; beam 0 is
+        # its best.
+        at_limit = (n >= limits) & ~done  # (b,)
+        keep_if_better(
+            torch.where(at_limit, alive_logp[:, 0] / lp, neg_inf),
+            alive_logp[:, 0],
+            alive_tokens[first_row[:, 0]],
+        )
+        beaten = best_score >= alive_logp[:, 0] / last_lp  # (b,) no alive hypothesis can win
+        done |= at_limit | beaten
+        if bool(done.all()):  # one host sync per step: stop as soon as all are done
+            break
+        # Frozen: a done sentence's beams produce only -inf candidates from now on.
+        alive_logp = alive_logp.masked_fill(done[:, None], neg_inf)
+    return DecodingOutput(_to_lists(best_tokens, best_len), best_logp, best_score)
+
+
+def _prepare(
+    model: Transformer,
+    src_ids: Tensor,
+    bos_id: int,
+    eos_id: int,
+    max_len: int | None,
+    min_len: int,
+    src_key_padding_mask: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """Check the arguments; return the source mask ``(b, s)`` and each sentence's
+    maximum number of new tokens ``(b,)``."""
+    if model.training:
+        raise ValueError(
+            "decoding needs model.eval(): in training mode dropout makes every step random"
+        )
+    if src_ids.dim() != 2 or src_ids.shape[0] == 0:
+        raise ValueError(
+            f"src_ids must be (batch, length) with batch >= 1, got {tuple(src_ids.shape)}"
+        )
+    config = model.config
+    check_token_ids(src_ids, config.src_vocab_size, "src_ids")
+    for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
+        if not 0 <= value < config.tgt_vocab_size:
+            raise ValueError(
+                f"{name} ({value}) is outside the target vocabulary [0, {config.tgt_vocab_size})"
+            )
+    if eos_id == config.pad_id:
+        raise ValueError(f"eos_id ({eos_id}) must differ from pad_id ({config.pad_id})")
+    if max_len is not None and max_len < 1:
+        raise ValueError(f"max_len must be at least 1, got {max_len}")
+    if min_len < 0:
+        raise ValueError(f"min_len must be >= 0, got {min_len}")
+    if src_key_padding_mask is None:
+        src_key_padding_mask = padding_mask_from_ids(src_ids, config.pad_id)
+    elif src_key_padding_mask.shape != src_ids.shape or src_key_padding_mask.dtype != torch.bool:
+        raise ValueError(
+            "src_key_padding_mask must be a bool tensor shaped like src_ids "
+            f"{tuple(src_ids.shape)}, got {src_key_padding_mask.dtype} "
+            f"{tuple(src_key_padding_mask.shape)}"
+        )
+    if max_len is None:
+        # Each sentence's own length, not the padded one: batch invariance.
+        limits = src_key_padding_mask.sum(dim=-1) + MAX_LEN_MARGIN  # (b,)
+    else:
+        limits = torch.full((src_ids.shape[0],), max_len, device=src_ids.device)  # (b,)
+    # The decoder input at step t sits at position t; the positional table ends at max_len.
+    return src_key_padding_mask, limits.clamp(max=config.max_len)
+
+
+def _next_log_probs(
+    model: Transformer, hidden: Tensor, t: int, *, eos_id: int, min_len: int
+) -> Tensor:
+    """Log-probabilities of the next token, with the tokens that may not come next
+    at -inf. Shape: hidden ``(n, d)`` -> ``(n, V)``."""
+    # In float32 even for a bf16 model: log-softmax and the running score sums need it.
+    logp = torch.log_softmax(model.output_proj(hidden).float(), dim=-1)  # (n, V)
+    # Masked after the softmax: the scores stay the model's log-probabilities.
+    logp[:, model.config.pad_id] = float("-inf")
+    if t < min_len:
+        logp[:, eos_id] = float("-inf")
+    return logp
+
+
+def _ordinary_tensors(out: DecodingOutput) -> DecodingOutput:
+    """Clones made outside inference mode: inference tensors refuse in-place updates
+    and autograd, which would surprise a caller that goes on computing with scores."""
+    return DecodingOutput(out.tokens, out.log_probs.clone(), out.scores.clone())
+
+
+def _to_lists(tokens: Tensor, lengths: Tensor) -> list[list[int]]:
+    """Row ``i`` cut to ``lengths[i]`` tokens. Shape: tokens ``(b, T)``, lengths ``(b,)``."""
+    return [row[:n] for row, n in zip(tokens.tolist(), lengths.tolist(), strict=True)]

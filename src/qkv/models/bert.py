@@ -29,13 +29,14 @@ Notation:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qkv.config import ConfigDict
 from qkv.embedding import TokenEmbedding, check_token_ids
 from qkv.layers import Encoder, EncoderLayer
 from qkv.positional import LearnedPositionalEmbedding
@@ -56,7 +57,7 @@ IGNORE_INDEX = -100  # label of positions that carry no loss (Hugging Face's con
 
 
 @dataclass(frozen=True)
-class BertConfig:
+class BertConfig(ConfigDict):
     """Sizes and switches of BERT; the defaults are BERT-base (uncased vocabulary).
 
     Hugging Face names in brackets; :mod:`qkv.convert.bert` maps ``config.json``.
@@ -101,18 +102,6 @@ class BertConfig:
             )
         if not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"pad_id ({self.pad_id}) must be in [0, vocab_size={self.vocab_size})")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> BertConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown BertConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**values)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> BertConfig:

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qkv.config import ConfigDict
 from qkv.layers import Encoder, EncoderLayer, EncoderOutput
 from qkv.positional import positional_encoding
 
@@ -54,7 +55,7 @@ _FASHION: dict[str, Any] = dict(
 
 
 @dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(ConfigDict):
     """Sizes and switches of a ViT; defaults are the paper's ViT-B/16 at 224 px."""
 
     image_size: int = 224  # square images, image_size × image_size pixels
@@ -121,18 +122,6 @@ class ViTConfig:
     def num_patches(self) -> int:
         """``N = g · g``; the encoder sees one more token, the class token."""
         return self.grid_size**2
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ViTConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown ViTConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**values)
 
     @classmethod
     def b16(cls, **overrides: Any) -> ViTConfig:

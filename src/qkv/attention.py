@@ -292,16 +292,20 @@ class MultiHeadAttention(nn.Module):
         return x.view(b, length, self.num_heads, self.head_dim).transpose(1, 2)  # (b, h, L, dh)
 
     def _project_qkv(self, query: Tensor, memory: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        if memory is None:
-            # Self-attention: one matmul against the stacked weights is faster than
-            # three on small widths (fewer, larger operations).
+        tokens = query.shape[0] * query.shape[1]
+        if memory is None and tokens >= self.d_model:
+            # Self-attention on many tokens: one matmul against the stacked weights
+            # is faster than three (fewer, larger operations). On a few tokens
+            # (decoding one step at a time) copying the weights would cost as much as
+            # the matmuls themselves, so those take the three projections below.
             weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
             bias = None
             if self.q_proj.bias is not None:
                 bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
             q, k, v = F.linear(query, weight, bias).chunk(3, dim=-1)  # 3 × (b, q, d)
         else:
-            q, k, v = self.q_proj(query), self.k_proj(memory), self.v_proj(memory)
+            source = query if memory is None else memory
+            q, k, v = self.q_proj(query), self.k_proj(source), self.v_proj(source)
         return self._split_heads(q), self._split_heads(k), self._split_heads(v)
 
     def forward(

@@ -9,23 +9,24 @@ echo "Wie spät ist es?" | qkv translate runs/de-en
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from typing import Any
+
+from qkv.cli._subcommands import add_group_parser, dispatch
 
 USAGE = __doc__
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    add_group_parser(
+        subparsers,
         "translate",
         help="train, evaluate and use a German-English translator",
-        description=USAGE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage=USAGE,
+        commands="train | eval | CHECKPOINT",
+        run=run,
     )
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="train | eval | CHECKPOINT")
-    parser.set_defaults(run=run)
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -51,7 +52,9 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a run directory or one of its checkpoints")
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--length-penalty", type=float, default=0.6)
-    p.add_argument("--average", type=int, default=1, help="average the last N checkpoints")
+    p.add_argument(
+        "--average", type=int, help="average the last N checkpoints (default: the preset's)"
+    )
     p.add_argument("--data", help="the dictionary file (default /usr/share/trans/de-en)")
     p.add_argument("--limit", type=int, help="score only the first N test sentences")
     p.add_argument("--examples", type=int, default=5)
@@ -64,7 +67,9 @@ def _translate_parser() -> argparse.ArgumentParser:
     p.add_argument("sentences", nargs="*", help="sentences (default: one per line on stdin)")
     p.add_argument("--beam", type=int, default=4)
     p.add_argument("--length-penalty", type=float, default=0.6)
-    p.add_argument("--average", type=int, default=1, help="average the last N checkpoints")
+    p.add_argument(
+        "--average", type=int, help="average the last N checkpoints (default: the preset's)"
+    )
     return p
 
 
@@ -86,35 +91,38 @@ def _report(translator: Any, data: str | None, beam: int, limit: int | None, exa
         print(f"\n  source     {source}\n  reference  {reference}\n  qkv        {hypothesis}")
 
 
-def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    argv = list(args.args)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if argv else 2
+def _train(argv: list[str]) -> int:
     from qkv.tasks.translation import load_translator, train_translator
 
-    if argv[0] == "train":
-        options = _train_parser().parse_args(argv[1:])
-        train_translator(
-            options.run_dir,
-            options.preset,
-            direction=options.direction,
-            data_path=options.data,
-            resume=options.resume,
-            max_steps=options.steps,
-            limit=options.limit,
-            device=options.device,
-            seed=options.seed,
-        )
-        translator = load_translator(options.run_dir)
-        _report(translator, options.data, options.beam, options.test_limit, examples=5)
-        return 0
-    if argv[0] == "eval":
-        options = _eval_parser().parse_args(argv[1:])
-        translator = load_translator(options.checkpoint, average_last=options.average)
-        _report(translator, options.data, options.beam, options.limit, options.examples)
-        return 0
+    options = _train_parser().parse_args(argv)
+    train_translator(
+        options.run_dir,
+        options.preset,
+        direction=options.direction,
+        data_path=options.data,
+        resume=options.resume,
+        max_steps=options.steps,
+        limit=options.limit,
+        device=options.device,
+        seed=options.seed,
+    )
+    translator = load_translator(options.run_dir)
+    _report(translator, options.data, options.beam, options.test_limit, examples=5)
+    return 0
+
+
+def _eval(argv: list[str]) -> int:
+    from qkv.tasks.translation import load_translator
+
+    options = _eval_parser().parse_args(argv)
+    translator = load_translator(options.checkpoint, average_last=options.average)
+    _report(translator, options.data, options.beam, options.limit, options.examples)
+    return 0
+
+
+def _translate(argv: list[str]) -> int:
+    from qkv.tasks.translation import load_translator
+
     options = _translate_parser().parse_args(argv)
     translator = load_translator(options.checkpoint, average_last=options.average)
     sentences = options.sentences or [line.strip() for line in sys.stdin if line.strip()]
@@ -124,3 +132,14 @@ def run(args: argparse.Namespace) -> int:
     for line in outputs:
         print(line)
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return dispatch(
+        "translate",
+        USAGE,
+        {"train": _train, "eval": _eval},
+        list(args.args),
+        default=_translate,
+        errors=(FileNotFoundError, ValueError),
+    )

@@ -48,6 +48,7 @@ class TransformerConfig:
     # Not in the paper. Off by default: on the CPU any attention dropout makes the
     # fused kernel fall back to building the q × k matrix.
     attention_dropout: float = 0.0
+    activation_dropout: float | None = None  # inside the feed-forward; None: ``dropout``
     activation: Activation = "relu"
     norm_first: bool = False  # the paper is post-norm
     layer_norm_eps: float = 1e-5
@@ -68,8 +69,8 @@ class TransformerConfig:
                 "num_encoder_layers and num_decoder_layers must be at least 1, got "
                 f"{self.num_encoder_layers} and {self.num_decoder_layers}"
             )
-        for name in ("dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.positional not in ("sinusoidal", "learned"):
             raise ValueError(
@@ -142,6 +143,7 @@ class Transformer(nn.Module):
         layer_args: dict[str, Any] = dict(
             dropout=c.dropout,
             attention_dropout=c.attention_dropout,
+            activation_dropout=c.activation_dropout,
             activation=c.activation,
             norm_first=c.norm_first,
             layer_norm_eps=c.layer_norm_eps,

@@ -62,9 +62,15 @@ class TranslationPreset:
     warmup_steps: int
     label_smoothing: float = 0.1
     include_phrases: bool = False  # add the dictionary's phrase pairs to training
-    precision: str = "fp32"
+    attention_dropout: float = 0.0  # > 0 turns off the fused attention kernel on CPU
+    activation_dropout: float | None = None  # None: ``dropout``
+    weight_decay: float = 0.0
+    schedule: str = "inverse_sqrt"  # or "cosine": decays to min_lr_factor · lr at max_steps
+    min_lr_factor: float = 0.0
+    precision: str = "fp32"  # bf16 autocast: about 1.8x the fp32 step rate on a Zen 4 CPU
     eval_every: int = 500
     checkpoint_every: int = 250
+    average_last: int = 1  # checkpoints averaged for the final model
 
     def model_config(self, vocab_size: int) -> TransformerConfig:
         return TransformerConfig(
@@ -76,6 +82,8 @@ class TranslationPreset:
             num_decoder_layers=self.num_layers,
             d_ff=self.d_ff,
             dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+            activation_dropout=self.activation_dropout,
             share_embeddings=True,  # joint vocabulary: one table for both languages
             tie_output=True,
             pad_id=PAD_ID,
@@ -90,17 +98,29 @@ PRESETS: dict[str, TranslationPreset] = {
         vocab_size=2000, max_tokens=2048, max_steps=300, lr=2e-3, warmup_steps=100,
         eval_every=100, checkpoint_every=100,
     ),
-    # The quickstart: about ten minutes on two CPU cores.
+    # The quickstart: about ten minutes on two CPU cores. The recipe of `medium`,
+    # cut short.
     "small": TranslationPreset(
         "small", d_model=256, num_heads=4, num_layers=3, d_ff=1024, dropout=0.3,
-        vocab_size=6000, max_tokens=3000, max_steps=600, lr=1e-3, warmup_steps=200,
-        eval_every=200, checkpoint_every=200,
+        vocab_size=4000, max_tokens=3000, max_steps=500, lr=1e-3, warmup_steps=200,
+        include_phrases=True, schedule="cosine", min_lr_factor=0.05, precision="bf16",
+        eval_every=250, checkpoint_every=100, average_last=3,
+    ),
+    # The best this corpus gives in under an hour on two CPU cores. Low-resource
+    # levers: the dictionary's phrase pairs as extra training text, a small joint
+    # vocabulary, heavy dropout, label smoothing, bf16 for speed, checkpoint averaging.
+    "medium": TranslationPreset(
+        "medium", d_model=256, num_heads=4, num_layers=3, d_ff=1024, dropout=0.3,
+        vocab_size=4000, max_tokens=3000, max_steps=2400, lr=1e-3, warmup_steps=300,
+        include_phrases=True, schedule="cosine", min_lr_factor=0.05, precision="bf16",
+        eval_every=400, checkpoint_every=100, average_last=5,
     ),
     # The paper's base model; far more than this corpus needs, for GPUs.
     "base": TranslationPreset(
         "base", d_model=512, num_heads=8, num_layers=6, d_ff=2048, dropout=0.1,
         vocab_size=8000, max_tokens=8000, max_steps=20000, lr=7e-4, warmup_steps=4000,
-        eval_every=1000, checkpoint_every=1000,
+        include_phrases=True, precision="bf16", eval_every=1000, checkpoint_every=1000,
+        average_last=5,
     ),
 }  # fmt: skip
 
@@ -264,6 +284,9 @@ def train_translator(
             max_steps=recipe.max_steps,
             lr=recipe.lr,
             warmup_steps=recipe.warmup_steps,
+            weight_decay=recipe.weight_decay,
+            schedule=recipe.schedule,  # type: ignore[arg-type]
+            min_lr_factor=recipe.min_lr_factor,
             precision=recipe.precision,  # type: ignore[arg-type]
             eval_every=recipe.eval_every,
             checkpoint_every=recipe.checkpoint_every,
@@ -297,16 +320,21 @@ def _resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
 
 
 def load_translator(
-    path: str | Path, *, average_last: int = 1, device: str | torch.device = "cpu"
+    path: str | Path, *, average_last: int | None = None, device: str | torch.device = "cpu"
 ) -> Translator:
     """Load a translator from a run directory (its latest checkpoint) or a checkpoint.
 
-    ``average_last > 1`` averages the weights of the run's last N checkpoints.
+    ``average_last > 1`` averages the weights of the run's last N checkpoints (up to
+    the one asked for); ``None`` takes the number the run's preset recommends.
     """
     checkpoint, run_dir = _resolve_checkpoint(path)
     meta = read_meta(checkpoint)
     if meta.get("family") != FAMILY:
         raise ValueError(f"{checkpoint} holds a {meta.get('family')!r} model, not a translator")
+    if average_last is None:
+        average_last = int(meta.get("preset", {}).get("average_last", 1))
+    if average_last < 1:
+        raise ValueError(f"average_last must be at least 1, got {average_last}")
     model = Transformer(TransformerConfig(**meta["model_config"]))
     if average_last > 1:
         paths = [c.path for c in list_checkpoints(run_dir) if c.step <= meta["step"]]

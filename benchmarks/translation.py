@@ -1,0 +1,299 @@
+"""Translation: training throughput against ``torch.nn.Transformer``, and the quality bar.
+
+Two jobs, one per subcommand.
+
+``throughput``: qkv's :class:`~qkv.models.transformer.Transformer` against
+``torch.nn.Transformer`` of the same size, wrapped in qkv's own embeddings,
+positional encoding and tied output projection, so the only difference is the
+encoder–decoder in between. The reference's stacks are built without the final
+LayerNorm ``nn.Transformer`` adds by default (post-norm does not have it), its weights
+are copied from qkv's, and the two are checked to give the same logits before any
+timing. Both train on the same real batches (the Ding dictionary's training pairs, a
+preset's BPE vocabulary and token budget): forward, label-smoothed loss, backward,
+AdamW step. Rounds are interleaved (order alternating); the ratio per round is qkv
+target tokens/s ÷ reference target tokens/s (> 1: qkv faster).
+
+``torch.nn.Transformer``'s single ``dropout`` also drops attention weights, so the
+matched comparison gives qkv the same attention dropout; a second row shows qkv as
+its presets run it (no attention dropout, which keeps the fused kernel).
+
+``train``: trains a preset with :func:`qkv.tasks.translation.train_translator` and scores
+the test split with sacreBLEU (greedy, beam, and beam on the average of the last
+checkpoints), reporting time and scores.
+
+Run (from the repository root):
+    .venv/bin/python benchmarks/translation.py throughput --preset small --rounds 5
+    .venv/bin/python benchmarks/translation.py train --preset small --run-dir runs/bench-small
+
+``--results benchmarks/RESULTS.md`` writes the table into the section
+``## Translation (benchmarks/translation.py)`` of that file (this subcommand's
+sub-section replaced, the rest kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the weight-copying helpers of the parity tests
+
+from torch_reference import copy_decoder_layer, copy_encoder_layer  # noqa: E402
+
+from qkv.data.batching import Seq2SeqBatch  # noqa: E402
+from qkv.data.bpe import PAD_ID, TranslationTokenizer  # noqa: E402
+from qkv.data.translation import load_translation  # noqa: E402
+from qkv.models.transformer import Transformer  # noqa: E402
+from qkv.tasks.translation import PRESETS, _batches_fn, _encode_pairs  # noqa: E402
+
+SECTION = "## Translation (benchmarks/translation.py)"
+
+
+class TorchSeq2Seq(nn.Module):
+    """``torch.nn.Transformer`` between qkv's embeddings and output projection.
+
+    The embeddings, positional encoding, input dropout and tied output projection
+    are qkv's own modules, shared with nothing: they are copies, so each model trains
+    its own.
+    """
+
+    def __init__(self, ours: Transformer) -> None:
+        super().__init__()
+        c = ours.config
+        if c.norm_first:
+            raise ValueError("the benchmark compares the post-norm model (the presets')")
+        self.config = c
+        if not (c.share_embeddings and c.tie_output):
+            raise ValueError("the benchmark compares the presets' shared, tied embeddings")
+        self.embed = copy.deepcopy(ours.src_embed)
+        self.positional = copy.deepcopy(ours.src_positional)
+        self.dropout = nn.Dropout(c.dropout)
+        encoder_layer = nn.TransformerEncoderLayer(
+            c.d_model, c.num_heads, c.d_ff, c.dropout, batch_first=True
+        )
+        decoder_layer = nn.TransformerDecoderLayer(
+            c.d_model, c.num_heads, c.d_ff, c.dropout, batch_first=True
+        )
+        self.transformer = nn.Transformer(
+            c.d_model,
+            c.num_heads,
+            custom_encoder=nn.TransformerEncoder(
+                encoder_layer, c.num_encoder_layers, enable_nested_tensor=False
+            ),
+            custom_decoder=nn.TransformerDecoder(decoder_layer, c.num_decoder_layers),
+            batch_first=True,
+        )
+        for o, r in zip(ours.encoder.layers, self.transformer.encoder.layers, strict=True):
+            copy_encoder_layer(o, r)
+        for o, r in zip(ours.decoder.layers, self.transformer.decoder.layers, strict=True):
+            copy_decoder_layer(o, r)
+
+    def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
+        """Shape: src ``(b, k)``, tgt ``(b, q)`` -> logits ``(b, q, V)``."""
+        src_pad, tgt_pad = src == self.config.pad_id, tgt == self.config.pad_id  # True = ignore
+        q = tgt.shape[1]
+        hidden = self.transformer(
+            self.dropout(self.positional(self.embed(src))),
+            self.dropout(self.positional(self.embed(tgt))),
+            tgt_mask=nn.Transformer.generate_square_subsequent_mask(q, device=tgt.device),
+            src_key_padding_mask=src_pad,
+            tgt_key_padding_mask=tgt_pad,
+            memory_key_padding_mask=src_pad,
+            tgt_is_causal=True,
+        )  # (b, q, d)
+        return F.linear(hidden, self.embed.weight)  # tied output projection
+
+
+def _loss(logits: Tensor, batch: Seq2SeqBatch) -> Tensor:
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(),
+        batch.tgt_out.flatten(),
+        ignore_index=PAD_ID,
+        label_smoothing=0.1,
+    )
+
+
+def _train_steps(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batches: Sequence[Seq2SeqBatch], bf16: bool
+) -> float:
+    start = time.perf_counter()
+    for batch in batches:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(batch.src, batch.tgt_in)
+            if not isinstance(logits, Tensor):
+                logits = logits.logits
+        _loss(logits, batch).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def throughput(args: argparse.Namespace) -> str:
+    recipe = PRESETS[args.preset]
+    torch.manual_seed(0)
+    corpus = load_translation(None)
+    tokenizer = TranslationTokenizer.train(corpus.train, vocab_size=recipe.vocab_size)
+    pairs = _encode_pairs(corpus.train, tokenizer, 256)
+    batches = _batches_fn(pairs, recipe.max_tokens, seed=0)(0)[: args.steps]
+    targets = sum(b.num_target_tokens for b in batches)
+    rows = []
+    for label, attention_dropout in (
+        ("matched (attention dropout = dropout)", recipe.dropout),
+        ("qkv as its presets run (no attention dropout)", 0.0),
+    ):
+        torch.manual_seed(0)
+        config = replace(
+            recipe.model_config(tokenizer.source.vocab_size), attention_dropout=attention_dropout
+        )
+        ours = Transformer(config)
+        reference = TorchSeq2Seq(ours)
+        ours.eval(), reference.eval()
+        with torch.no_grad():
+            b = batches[0]
+            torch.testing.assert_close(
+                ours(b.src, b.tgt_in).logits, reference(b.src, b.tgt_in), atol=1e-4, rtol=1e-4
+            )
+        ours.train(), reference.train()
+        optimizers = {
+            "qkv": torch.optim.AdamW(ours.parameters(), lr=1e-4),
+            "torch": torch.optim.AdamW(reference.parameters(), lr=1e-4),
+        }
+        models = {"qkv": ours, "torch": reference}
+        for name in models:  # warm-up: allocator, oneDNN kernels
+            _train_steps(models[name], optimizers[name], batches[:2], args.bf16)
+        times: dict[str, list[float]] = {"qkv": [], "torch": []}
+        for i in range(args.rounds):
+            order = ("qkv", "torch") if i % 2 == 0 else ("torch", "qkv")
+            for name in order:
+                times[name].append(_train_steps(models[name], optimizers[name], batches, args.bf16))
+        ratios = [t / q for q, t in zip(times["qkv"], times["torch"], strict=True)]
+        row = (
+            label,
+            targets / statistics.median(times["qkv"]),
+            targets / statistics.median(times["torch"]),
+            statistics.median(ratios),
+            min(ratios),
+            max(ratios),
+        )
+        print(f"{row[0]}: ratio {row[3]:.3f} [{row[4]:.3f}, {row[5]:.3f}]", file=sys.stderr)
+        rows.append(row)
+    precision = "bf16 autocast" if args.bf16 else "fp32"
+    lines = [
+        f"### Training throughput against torch.nn.Transformer (preset `{args.preset}`)",
+        "",
+        f"Measured {datetime.date.today()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {precision}; {len(batches)} real batches "
+        f"({targets} target tokens) per round, {args.rounds} rounds interleaved.",
+        "",
+        f"`.venv/bin/python benchmarks/translation.py throughput --preset {args.preset} "
+        f"--steps {args.steps} --rounds {args.rounds}{' --bf16' if args.bf16 else ''}`",
+        "",
+        "| qkv | qkv (target tokens/s) | torch.nn.Transformer (target tokens/s) "
+        "| qkv / torch, median | min–max |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for label, ours_tps, ref_tps, ratio, low, high in rows:
+        lines.append(
+            f"| {label} | {ours_tps:.0f} | {ref_tps:.0f} | {ratio:.3f} | {low:.3f}–{high:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def train(args: argparse.Namespace) -> str:
+    from qkv.tasks.translation import evaluate_test, load_translator, train_translator
+
+    recipe = PRESETS[args.preset]
+    start = time.perf_counter()
+    train_translator(args.run_dir, recipe, resume=args.resume, progress=False)
+    minutes = (time.perf_counter() - start) / 60
+    corpus = load_translation(None)
+    rows = []
+    for label, beam, average in (
+        ("greedy", 1, 1),
+        ("beam 4", 4, 1),
+        (f"beam 4, last {recipe.average_last} averaged", 4, recipe.average_last),
+    ):
+        if label.endswith("averaged") and recipe.average_last <= 1:
+            continue
+        translator = load_translator(args.run_dir, average_last=average)
+        scores, _ = evaluate_test(translator, corpus, beam_size=beam)
+        rows.append((label, scores))
+        print(f"{label}: BLEU {scores['bleu']:.2f} chrF {scores['chrf']:.2f}", file=sys.stderr)
+    lines = [
+        f"### Preset `{args.preset}`: test BLEU after training",
+        "",
+        f"Measured {datetime.date.today()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads: {recipe.max_steps} steps in {minutes:.1f} min "
+        "(training and its periodic validation).",
+        "",
+        f"`.venv/bin/python benchmarks/translation.py train --preset {args.preset} "
+        f"--run-dir {args.run_dir}`",
+        "",
+        "| decoding | BLEU | chrF |",
+        "| --- | ---: | ---: |",
+    ]
+    for label, scores in rows:
+        lines.append(f"| {label} | {scores['bleu']:.2f} | {scores['chrf']:.2f} |")
+    lines += ["", f"Signature: `{rows[-1][1]['bleu_signature']}`", ""]
+    lines.append("Recipe: `" + json.dumps(recipe.__dict__) + "`")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="job", required=True)
+    p = sub.add_parser("throughput")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    p.add_argument("--steps", type=int, default=4, help="batches per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides")
+    p = sub.add_parser("train")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    p.add_argument("--run-dir", default="runs/bench-translation")
+    p.add_argument("--resume", action="store_true")
+    for p in sub.choices.values():
+        p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+        p.add_argument("--results", type=Path, help="write the table into this Markdown file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    text = throughput(args) if args.job == "throughput" else train(args)
+    print(text)
+    if args.results:
+        write_subsection(args.results, text)
+
+
+def write_subsection(path: Path, text: str) -> None:
+    """Replace this sub-section (its ``###`` title line) in the translation section of
+    ``path``, or add it at the end of that section (created if missing)."""
+    content = path.read_text() if path.exists() else "# Benchmark results\n"
+    title = text.split("\n", 1)[0]
+    if SECTION not in content:
+        content = content.rstrip("\n") + f"\n\n{SECTION}\n"
+    start = content.find(SECTION)
+    end = content.find("\n## ", start + len(SECTION))
+    end = len(content) if end < 0 else end
+    section = content[start:end]
+    at = section.find(title)
+    if at >= 0:
+        stop = section.find("\n### ", at + len(title))
+        section = section[:at] + text + ("\n" + section[stop:] if stop >= 0 else "\n")
+    else:
+        section = section.rstrip("\n") + "\n\n" + text + "\n"
+    path.write_text((content[:start] + section + content[end:]).rstrip("\n") + "\n")
+
+
+if __name__ == "__main__":
+    main()

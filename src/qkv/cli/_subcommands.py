@@ -1,0 +1,78 @@
+"""The plumbing shared by command groups with subcommands (``qkv vit train|eval|classify``).
+
+A group registers one argparse sub-parser that takes the rest of the command line
+as it is; :func:`dispatch` then picks the subcommand, prints the group's usage for
+``-h``, and turns the errors of missing files and bad input into one line on stderr
+and a non-zero exit status instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["add_group_parser", "dispatch"]
+
+Subcommand = Callable[[list[str]], int]
+
+
+def add_group_parser(
+    subparsers: Any,
+    name: str,
+    *,
+    help: str,
+    usage: str,
+    commands: str,
+    run: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
+    """Register ``qkv NAME ...``; everything after NAME reaches ``run`` as ``args.args``.
+    ``commands`` is the help of that rest (``"train | eval | classify"``)."""
+    parser = subparsers.add_parser(
+        name,
+        help=help,
+        description=usage,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=commands)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def dispatch(
+    group: str,
+    usage: str,
+    commands: Mapping[str, Subcommand],
+    argv: list[str],
+    *,
+    default: Subcommand | None = None,
+    errors: tuple[type[Exception], ...] = (FileNotFoundError,),
+) -> int:
+    """Run ``commands[argv[0]](argv[1:])``.
+
+    ``default``, when given, takes the whole ``argv`` when ``argv[0]`` names no
+    command (``qkv translate CHECKPOINT ...``). The exceptions in ``errors`` are
+    printed as ``qkv GROUP COMMAND: message`` and exit with status 1.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0 if argv else 2
+    name = argv[0]
+    if name in commands:
+        command, rest = commands[name], argv[1:]
+    elif default is not None:
+        command, rest, name = default, argv, ""
+    else:
+        print(
+            f"qkv {group}: unknown command {name!r}; choose from {', '.join(commands)}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return command(rest)
+    except errors as error:
+        print(f"qkv {group}{' ' + name if name else ''}: {error}", file=sys.stderr)
+        return 1

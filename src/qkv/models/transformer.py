@@ -10,12 +10,13 @@ Notation: b batch, k source length, q target length, d ``d_model``, V vocabulary
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from qkv.config import ConfigDict
 from qkv.embedding import TokenEmbedding
 from qkv.layers import (
     Activation,
@@ -34,7 +35,7 @@ __all__ = ["Seq2SeqOutput", "Transformer", "TransformerConfig"]
 
 
 @dataclass(frozen=True)
-class TransformerConfig:
+class TransformerConfig(ConfigDict):
     """Sizes and switches of the seq2seq Transformer; defaults are the paper's base model."""
 
     src_vocab_size: int
@@ -83,9 +84,6 @@ class TransformerConfig:
             )
         if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
             raise ValueError(f"pad_id ({self.pad_id}) must be a valid id in both vocabularies")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def base(cls, src_vocab_size: int, tgt_vocab_size: int, **overrides: Any) -> TransformerConfig:

@@ -335,7 +335,7 @@ def load_translator(
         average_last = int(meta.get("preset", {}).get("average_last", 1))
     if average_last < 1:
         raise ValueError(f"average_last must be at least 1, got {average_last}")
-    model = Transformer(TransformerConfig(**meta["model_config"]))
+    model = Transformer(TransformerConfig.from_dict(meta["model_config"]))
     if average_last > 1:
         paths = [c.path for c in list_checkpoints(run_dir) if c.step <= meta["step"]]
         averaged = average_checkpoints(paths[-average_last:])

@@ -39,17 +39,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import os
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from _common import log, ratio_spread, synchronize, time_interleaved
 from torch import Tensor, nn
 
 from qkv.attention import MultiHeadAttention
@@ -141,66 +140,6 @@ def make_step(fn: Callable[[Tensor], Tensor], x: Tensor, mode: str, params: list
     return forward_backward
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_step(step: Step, calls: int, device: torch.device) -> float:
-    """Mean time (seconds) of ``calls`` back-to-back calls."""
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(calls):
-        step()
-    synchronize(device)
-    return (time.perf_counter() - start) / calls
-
-
-def compare(
-    qkv_step: Step,
-    ref_step: Step,
-    *,
-    rounds: int,
-    warmup: float,
-    min_time: float,
-    budget: float,
-    device: torch.device,
-) -> tuple[int, int, list[float], list[float]]:
-    """A parity check, warm-up rounds, then interleaved timed rounds.
-
-    Returns the number of rounds, the calls per round and implementation, and the
-    mean time of one call (seconds) in each round, for qkv and for the reference.
-    """
-    torch.testing.assert_close(qkv_step(), ref_step(), atol=ATOL, rtol=0.0)
-    # Warm up for a while, not for one call: the first calls of a new shape run
-    # slower (up to 3× for a few seconds here) while the allocator settles.
-    start = time.perf_counter()
-    while True:
-        round_start = time.perf_counter()
-        qkv_step()
-        ref_step()
-        call_time = (time.perf_counter() - round_start) / 2
-        if time.perf_counter() - start >= warmup:
-            break
-    # Short calls are repeated within a round, so that one descheduling of a thread
-    # does not decide the round.
-    calls = max(1, math.ceil(min_time / call_time))
-    if budget > 0:
-        rounds = max(MIN_ROUNDS, min(rounds, int(budget / (2 * calls * call_time))))
-    qkv_times: list[float] = []
-    ref_times: list[float] = []
-    for i in range(rounds):
-        # Alternate which goes first, so a drift in machine speed within a round
-        # does not always favour the same side.
-        if i % 2 == 0:
-            qkv_times.append(time_step(qkv_step, calls, device))
-            ref_times.append(time_step(ref_step, calls, device))
-        else:
-            ref_times.append(time_step(ref_step, calls, device))
-            qkv_times.append(time_step(qkv_step, calls, device))
-    return rounds, calls, qkv_times, ref_times
-
-
 def run_timing(
     lengths: Sequence[int],
     modes: Sequence[str],
@@ -220,34 +159,35 @@ def run_timing(
                 x = make_input(length, mode, device)
                 qkv_step = make_step(impls["qkv"], x, mode, params)
                 ref_step = make_step(impls[reference], x, mode, params)
-                n, calls, qkv_times, ref_times = compare(
+                torch.testing.assert_close(qkv_step(), ref_step(), atol=ATOL, rtol=0.0)
+                calls, qkv_times, ref_times = time_interleaved(
                     qkv_step,
                     ref_step,
                     rounds=rounds,
                     warmup=warmup,
                     min_time=min_time,
                     budget=budget,
+                    min_rounds=MIN_ROUNDS,
                     device=device,
                 )
-                ratios = [a / b for a, b in zip(qkv_times, ref_times, strict=True)]
+                ratio, ratio_min, ratio_max = ratio_spread(qkv_times, ref_times)
                 row = Row(
                     mode=mode,
                     length=length,
                     reference=reference,
-                    rounds=n,
+                    rounds=len(qkv_times),
                     calls=calls,
                     qkv_ms=1e3 * statistics.median(qkv_times),
                     ref_ms=1e3 * statistics.median(ref_times),
-                    ratio=statistics.median(ratios),
-                    ratio_min=min(ratios),
-                    ratio_max=max(ratios),
+                    ratio=ratio,
+                    ratio_min=ratio_min,
+                    ratio_max=ratio_max,
                 )
                 rows.append(row)
-                print(
+                log(
                     f"{MODE_LABELS[mode]:>16} L={length:<5} vs {reference:<13} "
                     f"qkv {row.qkv_ms:9.1f} ms  ref {row.ref_ms:9.1f} ms  "
-                    f"ratio {row.ratio:.3f} [{row.ratio_min:.3f}, {row.ratio_max:.3f}]",
-                    file=sys.stderr,
+                    f"ratio {row.ratio:.3f} [{row.ratio_min:.3f}, {row.ratio_max:.3f}]"
                 )
     return rows
 
@@ -313,10 +253,7 @@ def run_memory(
                 value = float(done.stdout.split()[-1]) if done.returncode == 0 else None
                 results[mode, length, impl] = value
                 shown = "failed" if value is None else f"{value:.0f} MiB"
-                print(
-                    f"memory {MODE_LABELS[mode]:>16} L={length:<5} {impl:<9} {shown}",
-                    file=sys.stderr,
-                )
+                log(f"memory {MODE_LABELS[mode]:>16} L={length:<5} {impl:<9} {shown}")
     return results
 
 

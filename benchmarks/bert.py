@@ -27,12 +27,18 @@ ids equal Hugging Face's), the same starting weights (the new pooler-less classi
 head of qkv is copied into the reference), AdamW (β 0.9/0.999, weight decay 0.01 off
 biases and norms), linear warm-up 10% then cosine decay, gradient clipping at 1,
 dropout 0.1 on both. Only dropout's random draws differ. Reports test accuracy and
-seconds per side, for each seed; the sides alternate by seed (qkv first for even seeds).
+seconds per side, for each seed, then the mean ± standard deviation (n - 1) over seeds of
+each side; the sides alternate by seed (qkv first for even seeds).
+
+Pretraining curve (``--pretrain-curve RUN_DIR``): the held-out MLM loss and masked-token
+accuracy a ``qkv bert pretrain`` run logged in ``RUN_DIR/metrics.csv``, as a Markdown table
+(with the train loss logged nearest before each evaluation), and a picture (``--plot``).
 
 Run (from the repository root):
     .venv/bin/python benchmarks/bert.py --models minilm --rounds 5
     .venv/bin/python benchmarks/bert.py --models base --lengths 128 --rounds 5
-    .venv/bin/python benchmarks/bert.py --finetune --epochs 1 --seeds 0
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bert.py --finetune --epochs 1 --seeds 0 1 2
+    .venv/bin/python benchmarks/bert.py --pretrain-curve runs/bert-mini --plot docs/bert-mlm.png
 
 The Markdown tables go to stdout, progress to stderr.
 """
@@ -40,30 +46,28 @@ The Markdown tables go to stdout, progress to stderr.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import statistics
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import transformers
+from _common import log, ratio_spread, time_interleaved
 from torch import Tensor, nn
 
 from qkv.convert.bert import config_from_hf, from_pretrained, load_hf_state_dict
 from qkv.models.bert import BertForSequenceClassification, BertModel
-from qkv.tasks.bert import minilm_path
+from qkv.tasks.bert_common import minilm_path
+from qkv.train.optim import parameter_groups
 from qkv.train.schedules import lr_factor
 
 ATOL = {"minilm": 1e-4, "base": 1e-3}
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- inference -----------------------------------------------------------------------------------
@@ -110,12 +114,6 @@ def make_inputs(batch: int, length: int, vocab_size: int, padded: bool) -> dict[
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def time_call(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def compare(name: str, length: int, args: argparse.Namespace) -> Row:
     ours, ref = build(name)
     inputs = make_inputs(args.batch, length, ours.config.vocab_size, args.padded)
@@ -123,32 +121,16 @@ def compare(name: str, length: int, args: argparse.Namespace) -> Row:
         got = ours(**inputs).last_hidden_state
         expected = ref(**inputs).last_hidden_state
         torch.testing.assert_close(got, expected, atol=ATOL[name], rtol=0.0)
-
-        def run_ours() -> None:
-            ours(**inputs)
-
-        def run_ref() -> None:
-            ref(**inputs)
-
-        start = time.perf_counter()
-        while time.perf_counter() - start < args.warmup:
-            run_ours()
-            run_ref()
-        ours_times, ref_times = [], []
-        for i in range(args.rounds):
-            pair = [(run_ours, ours_times), (run_ref, ref_times)]
-            for fn, times in pair if i % 2 == 0 else pair[::-1]:
-                times.append(time_call(fn))
-    ratios = [r / o for o, r in zip(ours_times, ref_times, strict=True)]  # speed ratio
+        _, ours_times, ref_times = time_interleaved(
+            lambda: ours(**inputs), lambda: ref(**inputs), rounds=args.rounds, warmup=args.warmup
+        )
     row = Row(
         name,
         length,
         args.rounds,
         args.batch / statistics.median(ours_times),
         args.batch / statistics.median(ref_times),
-        statistics.median(ratios),
-        min(ratios),
-        max(ratios),
+        *ratio_spread(ref_times, ours_times),  # speed ratio: reference time / qkv time
     )
     log(f"{name} L={length}: qkv {row.qkv_per_s:.2f}/s, HF {row.ref_per_s:.2f}/s, x{row.ratio:.3f}")
     return row
@@ -170,13 +152,6 @@ def inference_table(rows: Sequence[Row]) -> str:
 # --- fine-tuning ---------------------------------------------------------------------------------
 
 
-def _groups(model: nn.Module) -> list[dict[str, Any]]:
-    return [
-        {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": 0.01},
-        {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
-    ]
-
-
 def train_and_test(
     model: nn.Module,
     batches: list[tuple[dict[str, Tensor], Tensor]],
@@ -187,7 +162,9 @@ def train_and_test(
 ) -> tuple[float, float]:
     """The recipe of the module docstring; returns (test accuracy, training seconds)."""
     torch.manual_seed(seed)  # dropout
-    optimizer = torch.optim.AdamW(_groups(model), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, 0.01), lr=args.lr, betas=(0.9, 0.999), eps=1e-8
+    )
     steps, warmup = len(batches), round(0.1 * len(batches))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -233,6 +210,7 @@ def finetune_comparison(args: argparse.Namespace) -> str:
         "| seed | qkv test accuracy | transformers test accuracy | qkv (s) | transformers (s) |",
         "| ---: | ---: | ---: | ---: | ---: |",
     ]
+    accuracies: dict[str, list[float]] = {"qkv": [], "transformers": []}
     for seed in args.seeds:
         g = torch.Generator().manual_seed(seed)
         order = [
@@ -264,7 +242,60 @@ def finetune_comparison(args: argparse.Namespace) -> str:
             results[name] = train_and_test(sides[name], batches, test_enc, test_labels, args, seed)
             log(f"  test accuracy {results[name][0]:.4f} in {results[name][1]:.0f} s")
         (qa, qs), (ra, rs) = results["qkv"], results["transformers"]
+        accuracies["qkv"].append(qa)
+        accuracies["transformers"].append(ra)
         lines.append(f"| {seed} | {qa:.4f} | {ra:.4f} | {qs:.0f} | {rs:.0f} |")
+    if len(args.seeds) > 1:
+        cells = [
+            f"{statistics.fmean(a):.4f} ± {statistics.stdev(a):.4f}" for a in accuracies.values()
+        ]
+        lines.append(f"| mean ± std | {cells[0]} | {cells[1]} | | |")
+    return "\n".join(lines)
+
+
+# --- pretraining curve ---------------------------------------------------------------------------
+
+
+def pretrain_curve(run_dir: str, plot: str | None) -> str:
+    from qkv.train.metrics import read_metrics
+
+    series = read_metrics(f"{run_dir}/metrics.csv")  # name -> [(step, value)]
+    losses, accuracies = dict(series["valid_mlm_loss"]), dict(series["valid_mlm_accuracy"])
+    results = Path(run_dir) / "results.json"
+    if results.is_file():  # the evaluation before training, which the engine does not log
+        initial = json.loads(results.read_text())["initial"]
+        if initial:
+            losses[0], accuracies[0] = initial["mlm_loss"], initial["mlm_accuracy"]
+    train = series.get("train_loss", [])
+    lines = [
+        "| step | train loss (last logged) | held-out MLM loss | masked-token accuracy |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    for step in sorted(losses):
+        before = [v for s, v in train if s <= step]
+        train_loss = f"{before[-1]:.3f}" if before else ""
+        lines.append(f"| {step} | {train_loss} | {losses[step]:.3f} | {accuracies[step]:.2%} |")
+    if plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+        if train:
+            left.plot(*zip(*train, strict=True), label="train (masked positions)", alpha=0.6)
+        steps = sorted(losses)
+        left.plot(steps, [losses[s] for s in steps], "o-", label="held-out")
+        left.set(xlabel="step", ylabel="MLM loss", title="BERT-mini masked-LM loss")
+        right.plot(steps, [100 * accuracies[s] for s in steps], "o-", color="C1")
+        right.set(xlabel="step", ylabel="%", title="held-out masked-token accuracy")
+        for ax in (left, right):
+            ax.grid(alpha=0.3)
+        left.legend()
+        fig.tight_layout()
+        fig.savefig(plot, dpi=100)
+        plt.close(fig)
+        log(f"curve written to {plot}")
     return "\n".join(lines)
 
 
@@ -288,6 +319,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--limit-train", type=int, help="fine-tune on N train examples (seeded sample)"
     )
+    parser.add_argument("--pretrain-curve", metavar="RUN_DIR", help="a qkv bert pretrain run")
+    parser.add_argument("--plot", metavar="PNG", help="with --pretrain-curve: draw it here")
     return parser.parse_args(argv)
 
 
@@ -301,6 +334,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if args.finetune:
         print(finetune_comparison(args))
+        return
+    if args.pretrain_curve:
+        print(pretrain_curve(args.pretrain_curve, args.plot))
         return
     rows = [compare(name, length, args) for name in args.models for length in args.lengths]
     print(inference_table(rows))

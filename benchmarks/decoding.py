@@ -34,12 +34,12 @@ import argparse
 import datetime
 import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from _common import interleave, log, ratio_spread, time_call, write_results
 from torch import Tensor
 
 from qkv import Transformer, TransformerConfig
@@ -47,7 +47,6 @@ from qkv.decoding import greedy_decode
 
 PAD, BOS, EOS = 0, 1, 2
 SECTION = "## Decoding (benchmarks/decoding.py)"
-RESULTS_HEADER = "# Benchmark results\n"
 
 
 @dataclass(frozen=True)
@@ -90,16 +89,6 @@ def cached_greedy(model: Transformer, src_ids: Tensor, steps: int) -> Tensor:
     return torch.tensor(out.tokens)
 
 
-def timed(fn: Callable[[], Tensor], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
 def run(
     model: Transformer,
     batch: int,
@@ -120,35 +109,28 @@ def run(
         return no_cache_greedy(model, src, tokens)
 
     agree = (cached() == reference().cpu()).float().mean().item()  # warm-up + parity
-    cached_times: list[float] = []
-    reference_times: list[float] = []
-    for i in range(rounds):
-        # Alternate which goes first, so a drift in machine speed within a round
-        # does not always favour the same side.
-        if i % 2 == 0:
-            cached_times.append(timed(cached, device))
-            reference_times.append(timed(reference, device))
-        else:
-            reference_times.append(timed(reference, device))
-            cached_times.append(timed(cached, device))
+    cached_times, reference_times = interleave(
+        lambda: time_call(cached, device=device),
+        lambda: time_call(reference, device=device),
+        rounds,
+    )
     new_tokens = batch * tokens
-    speedups = [r / c for c, r in zip(cached_times, reference_times, strict=True)]
+    speedup, speedup_min, speedup_max = ratio_spread(reference_times, cached_times)
     row = Row(
         threads=torch.get_num_threads(),
         batch=batch,
         rounds=rounds,
         cached_tps=new_tokens / statistics.median(cached_times),
         reference_tps=new_tokens / statistics.median(reference_times),
-        speedup=statistics.median(speedups),
-        speedup_min=min(speedups),
-        speedup_max=max(speedups),
+        speedup=speedup,
+        speedup_min=speedup_min,
+        speedup_max=speedup_max,
         agree=agree,
     )
-    print(
+    log(
         f"{row.threads} threads, batch {batch:>3}: cached {row.cached_tps:7.1f} tok/s, no cache "
         f"{row.reference_tps:7.1f} tok/s, speed-up {row.speedup:.2f} "
-        f"[{row.speedup_min:.2f}, {row.speedup_max:.2f}], tokens agree {agree:.1%}",
-        file=sys.stderr,
+        f"[{row.speedup_min:.2f}, {row.speedup_max:.2f}], tokens agree {agree:.1%}"
     )
     return row
 
@@ -165,21 +147,6 @@ def table(rows: Sequence[Row], tokens: int) -> str:
             f"| {r.speedup:.1f}× | {r.speedup_min:.1f}–{r.speedup_max:.1f}× | {r.agree:.1%} |"
         )
     return "\n".join(lines)
-
-
-def write_section(path: Path, section: str) -> None:
-    """Put ``section`` (starting with :data:`SECTION`) into ``path``: replace this
-    benchmark's earlier section if there is one, else append; other sections stay."""
-    # Read right before writing: other benchmarks write their own sections here.
-    text = path.read_text() if path.exists() else RESULTS_HEADER
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        rest = "" if end < 0 else text[end:]
-        text = text[:start] + section.rstrip("\n") + "\n" + rest
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -221,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"base Transformer (512 wide, 6 + 6 layers), vocabulary {args.vocab}, random weights; "
         f"source {args.src_len} tokens, {args.tokens} new tokens per sentence (eos disabled)"
     )
-    print(setup + "\n", file=sys.stderr)
+    log(setup + "\n")
     rows = []
     for threads in thread_counts:
         torch.set_num_threads(threads)
@@ -247,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"`{command.strip()}`, {datetime.date.today().isoformat()}; {setup}.\n\n"
             f"{result}\n"
         )
-        write_section(args.results, section)
+        write_results(args.results, section)
 
 
 if __name__ == "__main__":

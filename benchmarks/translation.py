@@ -41,10 +41,12 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _common import interleave, log, ratio_spread, write_results
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,21 +175,18 @@ def throughput(args: argparse.Namespace) -> str:
         models = {"qkv": ours, "torch": reference}
         for name in models:  # warm-up: allocator, oneDNN kernels
             _train_steps(models[name], optimizers[name], batches[:2], args.bf16)
-        times: dict[str, list[float]] = {"qkv": [], "torch": []}
-        for i in range(args.rounds):
-            order = ("qkv", "torch") if i % 2 == 0 else ("torch", "qkv")
-            for name in order:
-                times[name].append(_train_steps(models[name], optimizers[name], batches, args.bf16))
-        ratios = [t / q for q, t in zip(times["qkv"], times["torch"], strict=True)]
+        qkv_times, torch_times = interleave(
+            partial(_train_steps, ours, optimizers["qkv"], batches, args.bf16),
+            partial(_train_steps, reference, optimizers["torch"], batches, args.bf16),
+            args.rounds,
+        )
         row = (
             label,
-            targets / statistics.median(times["qkv"]),
-            targets / statistics.median(times["torch"]),
-            statistics.median(ratios),
-            min(ratios),
-            max(ratios),
+            targets / statistics.median(qkv_times),
+            targets / statistics.median(torch_times),
+            *ratio_spread(torch_times, qkv_times),
         )
-        print(f"{row[0]}: ratio {row[3]:.3f} [{row[4]:.3f}, {row[5]:.3f}]", file=sys.stderr)
+        log(f"{row[0]}: ratio {row[3]:.3f} [{row[4]:.3f}, {row[5]:.3f}]")
         rows.append(row)
     precision = "bf16 autocast" if args.bf16 else "fp32"
     lines = [
@@ -230,7 +229,7 @@ def train(args: argparse.Namespace) -> str:
         translator = load_translator(args.run_dir, average_last=average)
         scores, _ = evaluate_test(translator, corpus, beam_size=beam)
         rows.append((label, scores))
-        print(f"{label}: BLEU {scores['bleu']:.2f} chrF {scores['chrf']:.2f}", file=sys.stderr)
+        log(f"{label}: BLEU {scores['bleu']:.2f} chrF {scores['chrf']:.2f}")
     lines = [
         f"### Preset `{args.preset}`: test BLEU after training",
         "",
@@ -272,27 +271,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     text = throughput(args) if args.job == "throughput" else train(args)
     print(text)
     if args.results:
-        write_subsection(args.results, text)
-
-
-def write_subsection(path: Path, text: str) -> None:
-    """Replace this sub-section (its ``###`` title line) in the translation section of
-    ``path``, or add it at the end of that section (created if missing)."""
-    content = path.read_text() if path.exists() else "# Benchmark results\n"
-    title = text.split("\n", 1)[0]
-    if SECTION not in content:
-        content = content.rstrip("\n") + f"\n\n{SECTION}\n"
-    start = content.find(SECTION)
-    end = content.find("\n## ", start + len(SECTION))
-    end = len(content) if end < 0 else end
-    section = content[start:end]
-    at = section.find(title)
-    if at >= 0:
-        stop = section.find("\n### ", at + len(title))
-        section = section[:at] + text + ("\n" + section[stop:] if stop >= 0 else "\n")
-    else:
-        section = section.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text((content[:start] + section + content[end:]).rstrip("\n") + "\n")
+        write_results(args.results, text, section=SECTION)
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from qkv.cli import attention, bert, embed, explain, translate
+from qkv.cli import attention, bert, embed, explain, translate, vit
 
-COMMANDS = (explain, translate, bert, embed, attention)
+COMMANDS = (explain, translate, bert, embed, attention, vit)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,6 +2,7 @@
 
 qkv bert pretrain --preset mini --steps 2000 --run-dir runs/bert-mini
 qkv bert finetune --data bbc --seeds 0 1 2                  # all-MiniLM-L6-v2 (installed)
+qkv bert finetune --data tweets --limit 6000 1000 all --max-length 64 --epochs 1
 qkv bert finetune runs/bert-mini --data bbc --run-dir runs/bbc-mini
 qkv bert finetune --from-scratch --preset mini --tokenizer runs/bert-mini --data bbc
 qkv bert classify runs/bbc/seed-0/model "Shares fell sharply after the results."
@@ -10,22 +11,33 @@ qkv bert classify runs/bbc/seed-0/model "Shares fell sharply after the results."
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Any
+
+from qkv.cli._subcommands import add_group_parser, dispatch
 
 USAGE = __doc__
 
 
+def _count(value: str) -> int | None:
+    """A number of examples, or ``all``."""
+    if value == "all":
+        return None
+    count = int(value)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"a limit must be positive or 'all', got {value}")
+    return count
+
+
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    add_group_parser(
+        subparsers,
         "bert",
         help="pretrain (masked LM), fine-tune and use BERT classifiers",
-        description=USAGE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage=USAGE,
+        commands="pretrain | finetune | classify",
+        run=run,
     )
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="pretrain | finetune | classify")
-    parser.set_defaults(run=run)
 
 
 def _pretrain_parser() -> argparse.ArgumentParser:
@@ -65,7 +77,14 @@ def _finetune_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--attention-dropout", type=float, help="override the checkpoint's")
-    p.add_argument("--limit", type=int, nargs=3, metavar=("TRAIN", "VALID", "TEST"))
+    p.add_argument(
+        "--limit",
+        type=_count,
+        nargs=3,
+        metavar=("TRAIN", "VALID", "TEST"),
+        help="at most this many examples of each split ('all': no limit), sampled with a "
+        "fixed seed, the same for every --seeds",
+    )
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     return p
 
@@ -78,7 +97,7 @@ def _classify_parser() -> argparse.ArgumentParser:
 
 
 def _pretrain(argv: list[str]) -> int:
-    from qkv.tasks.bert import PretrainRecipe, pretrain
+    from qkv.tasks.bert_pretrain import PretrainRecipe, pretrain
 
     o = _pretrain_parser().parse_args(argv)
     recipe = PretrainRecipe(
@@ -108,7 +127,8 @@ def _pretrain(argv: list[str]) -> int:
 
 
 def _finetune(argv: list[str]) -> int:
-    from qkv.tasks.bert import FinetuneRecipe, finetune, minilm_path
+    from qkv.tasks.bert_common import minilm_path
+    from qkv.tasks.bert_finetune import FinetuneRecipe, finetune
 
     o = _finetune_parser().parse_args(argv)
     if o.from_scratch and o.checkpoint:
@@ -146,9 +166,9 @@ def _finetune(argv: list[str]) -> int:
 
 
 def _classify(argv: list[str]) -> int:
-    from qkv.tasks.bert import Classifier
+    from qkv.tasks.bert_classify import Classifier
 
-    o = _classify_parser().parse_args(argv)
+    o = _classify_parser().parse_intermixed_args(argv)
     texts = o.texts or [line.strip() for line in sys.stdin if line.strip()]
     classifier = Classifier.load(o.checkpoint)
     for text, prediction in zip(texts, classifier.predict(texts), strict=True):
@@ -159,17 +179,6 @@ def _classify(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    argv = list(args.args)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if argv else 2
     commands = {"pretrain": _pretrain, "finetune": _finetune, "classify": _classify}
-    if argv[0] not in commands:
-        print(f"qkv bert: unknown command {argv[0]!r}; choose from {list(commands)}")
-        return 2
-    try:
-        return commands[argv[0]](argv[1:])
-    except FileNotFoundError as error:  # a data package or checkpoint is missing
-        print(f"qkv bert {argv[0]}: {error}", file=sys.stderr)
-        return 1
+    # FileNotFoundError: a data package or checkpoint is missing.
+    return dispatch("bert", USAGE, commands, list(args.args))

@@ -93,6 +93,7 @@ def _report(translator: Any, data: str | None, beam: int, limit: int | None, exa
 
 def _train(argv: list[str]) -> int:
     from qkv.tasks.translation import load_translator, train_translator
+    from qkv.train.distributed import is_main_process
 
     options = _train_parser().parse_args(argv)
     train_translator(
@@ -106,6 +107,8 @@ def _train(argv: list[str]) -> int:
         device=options.device,
         seed=options.seed,
     )
+    if not is_main_process():  # torchrun: the main process scores
+        return 0
     translator = load_translator(options.run_dir)
     _report(translator, options.data, options.beam, options.test_limit, examples=5)
     return 0
@@ -123,7 +126,7 @@ def _eval(argv: list[str]) -> int:
 def _translate(argv: list[str]) -> int:
     from qkv.tasks.translation import load_translator
 
-    options = _translate_parser().parse_args(argv)
+    options = _translate_parser().parse_intermixed_args(argv)
     translator = load_translator(options.checkpoint, average_last=options.average)
     sentences = options.sentences or [line.strip() for line in sys.stdin if line.strip()]
     outputs = translator.translate(

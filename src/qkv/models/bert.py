@@ -388,14 +388,19 @@ def _label_names(num_labels: int, label_names: Sequence[str] | None) -> tuple[st
     return tuple(label_names)
 
 
-class BertForSequenceClassification(nn.Module):
-    """One label per sequence from the pooled ``[CLS]`` state: dropout, then linear.
+class _BertClassifier(nn.Module):
+    """What the sequence and token classifiers share: the body, the label names, and the
+    head of the paper's fine-tuning (section 4): dropout, then one linear layer to ``C``
+    labels, initialised like the rest of BERT. Parameter names follow Hugging Face's
+    (``bert.``, ``classifier.``), so one checkpoint map serves both.
 
     Args:
         num_labels: number of classes ``C``.
         label_names: a name per class (default ``LABEL_0`` …); saved with the model.
         classifier_dropout: dropout before the classifier; default ``config.dropout``.
     """
+
+    uses_pooler: bool  # the sequence classifier reads the pooled [CLS] state; the token one not
 
     def __init__(
         self,
@@ -410,11 +415,22 @@ class BertForSequenceClassification(nn.Module):
         self.label_names = _label_names(num_labels, label_names)
         self.num_labels = num_labels
         self.classifier_dropout = classifier_dropout
-        self.bert = BertModel(config)
+        self.bert = BertModel(config, pooler=self.uses_pooler)
         p = config.dropout if classifier_dropout is None else classifier_dropout
         self.dropout = nn.Dropout(p)
         self.classifier = nn.Linear(config.d_model, num_labels)
         init_bert_weights(self.classifier, config.init_std)
+
+    def classify(self, hidden: Tensor) -> Tensor:
+        """Shape: ``(..., d)`` -> ``(..., C)``."""
+        return self.classifier(self.dropout(hidden))
+
+
+class BertForSequenceClassification(_BertClassifier):
+    """One label per sequence from the pooled ``[CLS]`` state: dropout, then linear.
+    Arguments: :class:`_BertClassifier`."""
+
+    uses_pooler = True
 
     def forward(
         self,
@@ -428,32 +444,15 @@ class BertForSequenceClassification(nn.Module):
         """Shape: inputs ``(b, L)``, labels ``(b,)`` class indices -> logits ``(b, C)``."""
         out = self.bert(input_ids, attention_mask, token_type_ids, need_weights=need_weights)
         assert out.pooled_output is not None  # built with a pooler
-        logits = self.classifier(self.dropout(out.pooled_output))  # (b, C)
+        logits = self.classify(out.pooled_output)  # (b, C)
         return BertHeadOutput(logits, _classification_loss(logits, labels, self.num_labels), out)
 
 
-class BertForTokenClassification(nn.Module):
+class BertForTokenClassification(_BertClassifier):
     """One label per token (tagging, named entities): dropout, then linear, at every
-    position. Arguments as :class:`BertForSequenceClassification`."""
+    position; no pooler. Arguments: :class:`_BertClassifier`."""
 
-    def __init__(
-        self,
-        config: BertConfig,
-        num_labels: int = 2,
-        *,
-        label_names: Sequence[str] | None = None,
-        classifier_dropout: float | None = None,
-    ) -> None:
-        super().__init__()
-        self.config = config
-        self.label_names = _label_names(num_labels, label_names)
-        self.num_labels = num_labels
-        self.classifier_dropout = classifier_dropout
-        self.bert = BertModel(config, pooler=False)
-        p = config.dropout if classifier_dropout is None else classifier_dropout
-        self.dropout = nn.Dropout(p)
-        self.classifier = nn.Linear(config.d_model, num_labels)
-        init_bert_weights(self.classifier, config.init_std)
+    uses_pooler = False
 
     def forward(
         self,
@@ -467,5 +466,5 @@ class BertForTokenClassification(nn.Module):
         """Shape: inputs ``(b, L)``, labels ``(b, L)`` (``-100`` = no loss, e.g. padding
         or word-piece continuations) -> logits ``(b, L, C)``."""
         out = self.bert(input_ids, attention_mask, token_type_ids, need_weights=need_weights)
-        logits = self.classifier(self.dropout(out.last_hidden_state))  # (b, L, C)
+        logits = self.classify(out.last_hidden_state)  # (b, L, C)
         return BertHeadOutput(logits, _classification_loss(logits, labels, self.num_labels), out)

@@ -28,8 +28,8 @@ from qkv.data.bpe import BOS_ID, EOS_ID, PAD_ID, TranslationTokenizer
 from qkv.data.translation import Direction, ParallelCorpus, load_translation
 from qkv.decoding import beam_search, greedy_decode
 from qkv.models.transformer import Transformer, TransformerConfig
-from qkv.train import TrainConfig, Trainer, TrainResult, latest_checkpoint, load_weights
-from qkv.train.checkpoint import average_checkpoints, list_checkpoints, read_meta
+from qkv.train import TrainConfig, Trainer, TrainResult, load_weights
+from qkv.train.checkpoint import average_checkpoints, list_checkpoints, resolve_checkpoint
 from qkv.train.losses import seq2seq_loss
 
 __all__ = [
@@ -308,17 +308,6 @@ def train_translator(
     return trainer.fit(resume=resume)
 
 
-def _resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
-    """(checkpoint directory, run directory) from either of them."""
-    path = Path(path)
-    if (path / "meta.json").is_file():
-        return path, path.parent.parent
-    checkpoint = latest_checkpoint(path)
-    if checkpoint is None:
-        raise FileNotFoundError(f"{path} is neither a qkv checkpoint nor a run directory with one")
-    return checkpoint.path, path
-
-
 def load_translator(
     path: str | Path, *, average_last: int | None = None, device: str | torch.device = "cpu"
 ) -> Translator:
@@ -327,8 +316,9 @@ def load_translator(
     ``average_last > 1`` averages the weights of the run's last N checkpoints (up to
     the one asked for); ``None`` takes the number the run's preset recommends.
     """
-    checkpoint, run_dir = _resolve_checkpoint(path)
-    meta = read_meta(checkpoint)
+    found = resolve_checkpoint(path)
+    checkpoint, meta = found.path, found.meta
+    run_dir = checkpoint.parent.parent  # RUN/checkpoints/step-N
     if meta.get("family") != FAMILY:
         raise ValueError(f"{checkpoint} holds a {meta.get('family')!r} model, not a translator")
     if average_last is None:

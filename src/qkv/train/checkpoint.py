@@ -35,6 +35,7 @@ __all__ = [
     "list_checkpoints",
     "load_weights",
     "read_meta",
+    "resolve_checkpoint",
     "save_checkpoint",
     "write_json_atomic",
 ]
@@ -136,6 +137,21 @@ def latest_checkpoint(run_dir: str | Path) -> Checkpoint | None:
             return Checkpoint(root / name, int(meta["step"]), meta)
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def resolve_checkpoint(path: str | Path) -> Checkpoint:
+    """The checkpoint at ``path``: ``path`` itself when it is a checkpoint directory,
+    else the latest checkpoint of the run directory ``path``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if (path / META_FILE).is_file():
+        meta = read_meta(path)
+        return Checkpoint(path, int(meta["step"]), meta)
+    checkpoint = latest_checkpoint(path) if path.is_dir() else None
+    if checkpoint is None:
+        raise FileNotFoundError(f"{path} is neither a qkv checkpoint nor a run directory with one")
+    return checkpoint
 
 
 def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> None:

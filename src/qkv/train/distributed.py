@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "all_reduce_sum", "init_distributed"]
+__all__ = ["DistributedContext", "all_reduce_sum", "init_distributed", "is_main_process"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,12 @@ class DistributedContext:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def is_main_process() -> bool:
+    """True in a plain run and in rank 0 of a ``torchrun`` run: the process that
+    scores, prints and writes reports after training."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def default_device() -> torch.device:

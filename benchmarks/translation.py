@@ -221,21 +221,25 @@ def throughput(args: argparse.Namespace) -> str:
 def _override(recipe: TranslationPreset, assignments: Sequence[str]) -> TranslationPreset:
     """A preset with ``FIELD=VALUE`` assignments applied (values parsed as the field's
     current type), for recipes that are measured before they become presets."""
+    names = recipe.__dataclass_fields__
     changes: dict[str, object] = {}
     for assignment in assignments:
         field, sep, text = assignment.partition("=")
-        if not sep or not hasattr(recipe, field):
-            fields = ", ".join(recipe.__dataclass_fields__)
-            raise SystemExit(f"--set {assignment!r}: expected FIELD=VALUE, FIELD one of {fields}")
+        if not sep or field not in names:
+            raise SystemExit(
+                f"--set {assignment!r}: expected FIELD=VALUE, FIELD one of {', '.join(names)}"
+            )
         current = getattr(recipe, field)
-        if isinstance(current, bool):
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise SystemExit(f"--set {assignment!r}: {field} takes true or false")
-            changes[field] = text.lower() in ("true", "1")
-        elif current is None or isinstance(current, float):
-            changes[field] = None if text.lower() == "none" else float(text)
-        else:
-            changes[field] = type(current)(text)
+        try:
+            if isinstance(current, bool):
+                changes[field] = {"true": True, "1": True, "false": False, "0": False}[text.lower()]
+            elif current is None or isinstance(current, float):
+                changes[field] = None if text.lower() == "none" else float(text)
+            else:
+                changes[field] = type(current)(text)
+        except (KeyError, ValueError):
+            kind = "true or false" if isinstance(current, bool) else type(current).__name__
+            raise SystemExit(f"--set {assignment!r}: {field} takes {kind}") from None
     return replace(recipe, **changes)
 
 

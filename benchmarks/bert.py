@@ -63,7 +63,7 @@ from torch import Tensor, nn
 
 from qkv.convert.bert import config_from_hf, from_pretrained, load_hf_state_dict
 from qkv.models.bert import BertForSequenceClassification, BertModel
-from qkv.tasks.bert_common import minilm_path
+from qkv.tasks.bert.common import minilm_path
 from qkv.train.optim import parameter_groups
 from qkv.train.schedules import lr_factor
 

@@ -39,10 +39,13 @@ import json
 import statistics
 import sys
 import time
+import typing
 from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from types import UnionType
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -54,12 +57,17 @@ sys.path.insert(0, str(ROOT / "tests"))  # the weight-copying helpers of the par
 
 from torch_reference import copy_decoder_layer, copy_encoder_layer  # noqa: E402
 
-from qkv.attention import MultiHeadAttention  # noqa: E402
 from qkv.data.batching import Seq2SeqBatch  # noqa: E402
 from qkv.data.bpe import PAD_ID, TranslationTokenizer  # noqa: E402
 from qkv.data.translation import load_translation  # noqa: E402
 from qkv.models.transformer import Transformer  # noqa: E402
-from qkv.tasks.translation import PRESETS, TranslationPreset, _batches_fn, _encode_pairs  # noqa: E402
+from qkv.tasks.translation import (  # noqa: E402
+    PRESETS,
+    TranslationPreset,
+    encode_pairs,
+    epoch_batches,
+)
+from qkv.train.recipe import field_type  # noqa: E402
 
 SECTION = "## Translation (benchmarks/translation.py)"
 
@@ -151,23 +159,25 @@ def throughput(args: argparse.Namespace) -> str:
     torch.manual_seed(0)
     corpus = load_translation(None)
     tokenizer = TranslationTokenizer.train(corpus.train, vocab_size=recipe.vocab_size)
-    pairs = _encode_pairs(corpus.train, tokenizer, 256)
-    batches = _batches_fn(pairs, recipe.max_tokens, seed=0)(0)[: args.steps]
+    pairs = encode_pairs(corpus.train, tokenizer, 256)
+    batches = epoch_batches(pairs, recipe.max_tokens, seed=0)(0)[: args.steps]
     targets = sum(b.num_target_tokens for b in batches)
     rows = []
     for label, attention_dropout, fused in (
-        ("matched (attention dropout = dropout)", recipe.dropout, True),
+        ("matched (attention dropout = dropout)", recipe.model.dropout, True),
         ("no attention dropout, fused kernel", 0.0, True),
         ("no attention dropout, plain path (`fused_attention=False`)", 0.0, False),
     ):
         torch.manual_seed(0)
+        vocab = tokenizer.source.vocab_size
         config = replace(
-            recipe.model_config(tokenizer.source.vocab_size), attention_dropout=attention_dropout
+            recipe.model,
+            src_vocab_size=vocab,
+            tgt_vocab_size=vocab,
+            attention_dropout=attention_dropout,
+            fused_attention=fused,  # False: matmul, softmax, matmul instead of the fused kernel
         )
         ours = Transformer(config)
-        for module in ours.modules():
-            if isinstance(module, MultiHeadAttention):
-                module.fused = fused  # False: matmul, softmax, matmul instead of the fused kernel
         reference = TorchSeq2Seq(ours)
         ours.eval(), reference.eval()
         with torch.no_grad():
@@ -219,9 +229,10 @@ def throughput(args: argparse.Namespace) -> str:
 
 
 def _override(recipe: TranslationPreset, assignments: Sequence[str]) -> TranslationPreset:
-    """A preset with ``FIELD=VALUE`` assignments applied (values parsed as the field's
-    current type), for recipes that are measured before they become presets."""
-    names = recipe.__dataclass_fields__
+    """A preset with ``FIELD=VALUE`` assignments applied (``max_tokens``, ``train.lr``,
+    ``model.dropout``: values parsed as the field's declared type), for recipes that
+    are measured before they become presets."""
+    names = recipe.field_names()
     changes: dict[str, object] = {}
     for assignment in assignments:
         field, sep, text = assignment.partition("=")
@@ -229,18 +240,30 @@ def _override(recipe: TranslationPreset, assignments: Sequence[str]) -> Translat
             raise SystemExit(
                 f"--set {assignment!r}: expected FIELD=VALUE, FIELD one of {', '.join(names)}"
             )
-        current = getattr(recipe, field)
+        kind = field_type(recipe, field)
         try:
-            if isinstance(current, bool):
-                changes[field] = {"true": True, "1": True, "false": False, "0": False}[text.lower()]
-            elif current is None or isinstance(current, float):
-                changes[field] = None if text.lower() == "none" else float(text)
-            else:
-                changes[field] = type(current)(text)
+            changes[field] = _parse(text, kind)
         except (KeyError, ValueError):
-            kind = "true or false" if isinstance(current, bool) else type(current).__name__
             raise SystemExit(f"--set {assignment!r}: {field} takes {kind}") from None
-    return replace(recipe, **changes)
+    try:
+        return recipe.override(changes)
+    except ValueError as error:
+        raise SystemExit(f"--set: {error}") from None
+
+
+def _parse(text: str, kind: object) -> object:
+    """``text`` as a value of the type ``kind`` (bool, int, float, str, a Literal, or
+    one of them or None)."""
+    options = typing.get_args(kind) if typing.get_origin(kind) in (Union, UnionType) else (kind,)
+    if type(None) in options and text.lower() == "none":
+        return None
+    kind = next(o for o in options if o is not type(None))
+    if kind is bool:
+        return {"true": True, "1": True, "false": False, "0": False}[text.lower()]
+    if kind in (int, float, str):
+        return kind(text)
+    choices = typing.get_args(kind)  # a Literal: the configuration checks the value
+    return text if text in choices else kind(text)
 
 
 def train(args: argparse.Namespace) -> str:
@@ -267,7 +290,7 @@ def train(args: argparse.Namespace) -> str:
         f"### Preset `{args.preset}`: test BLEU after training",
         "",
         f"Measured {datetime.date.today()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads: {recipe.max_steps} steps in {minutes:.1f} min "
+        f"{torch.get_num_threads()} threads: {recipe.train.max_steps} steps in {minutes:.1f} min "
         "(training and its periodic validation).",
         "",
         f"`.venv/bin/python benchmarks/translation.py train --preset {args.preset} "
@@ -279,7 +302,7 @@ def train(args: argparse.Namespace) -> str:
     for label, scores in rows:
         lines.append(f"| {label} | {scores['bleu']:.2f} | {scores['chrf']:.2f} |")
     lines += ["", f"Signature: `{rows[-1][1]['bleu_signature']}`", ""]
-    lines.append("Recipe: `" + json.dumps(recipe.__dict__) + "`")
+    lines.append("Recipe: `" + json.dumps(recipe.to_dict()) + "`")
     return "\n".join(lines)
 
 

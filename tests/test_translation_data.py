@@ -7,6 +7,7 @@ real Debian file and skip, saying how to install it, when it is absent.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import unicodedata
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from qkv.data.bpe import (
     BPETokenizer,
     TranslationTokenizer,
 )
+from qkv.data.splits import hash_bucket, hash_split
 from qkv.data.translation import (
     DEFAULT_PATH,
     ParallelCorpus,
@@ -145,6 +147,22 @@ def test_split_of_is_a_stable_hash():
     assert split_of(KNOWN_PAIR[0]) == "train"
     assert split_of("Simon sieht seinem Vater unheimlich ähnlich.") == "valid"
     assert split_of("Dieses Gästehaus ist besonders für alleinreisende Frauen geeignet.") == "test"
+
+
+def test_hash_bucket_byte_layout():
+    # Unsalted: the UTF-8 text alone (the translation split); salted, "" included:
+    # salt, NUL, text (the BERT text split). Both pinned, as both decide published splits.
+    text = "Dieses Gästehaus ist besonders für alleinreisende Frauen geeignet."
+
+    def first_8_bytes_mod_100(data: str) -> int:
+        return int.from_bytes(hashlib.sha256(data.encode("utf-8")).digest()[:8], "big") % 100
+
+    assert hash_bucket(text) == first_8_bytes_mod_100(text)
+    assert hash_bucket(text, salt="") == first_8_bytes_mod_100("\x00" + text)
+    assert hash_bucket(text, salt="x") == first_8_bytes_mod_100("x\x00" + text)
+    assert hash_split(text, train_percent=90, valid_percent=5) == split_of(text) == "test"
+    buckets = [hash_bucket(f"Satz {i}") for i in range(2000)]
+    assert min(buckets) == 0 and max(buckets) == 99
 
 
 def test_split_is_deterministic_disjoint_and_90_5_5(tmp_path):

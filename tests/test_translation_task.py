@@ -8,7 +8,6 @@ run without the Debian package; the real corpus is the benchmark's business.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,14 +29,16 @@ PAIRS = [
 ]
 
 # Tiny and quick: a few steps of the tiny model, checkpoints every 4 steps.
-RECIPE = replace(
-    PRESETS["tiny"],
-    vocab_size=300,
-    max_steps=12,
-    warmup_steps=4,
-    eval_every=6,
-    checkpoint_every=4,
-    average_last=2,
+RECIPE = PRESETS["tiny"].override(
+    {
+        "model.src_vocab_size": 300,
+        "model.tgt_vocab_size": 300,
+        "train.max_steps": 12,
+        "train.warmup_steps": 4,
+        "train.eval_every": 6,
+        "train.checkpoint_every": 4,
+        "average_last": 2,
+    }
 )
 
 
@@ -67,7 +68,7 @@ def test_training_writes_what_translating_needs(run_dir):
     assert (run_dir / "tokenizer.json").is_file()
     assert (run_dir / "metrics.csv").is_file()
     steps = [c.step for c in list_checkpoints(run_dir)]
-    assert steps[-1] == RECIPE.max_steps
+    assert steps[-1] == RECIPE.train.max_steps
     meta = json.loads((list_checkpoints(run_dir)[-1].path / "meta.json").read_text())
     assert meta["family"] == "transformer-translation"
     assert meta["preset"]["average_last"] == 2
@@ -97,7 +98,7 @@ def test_averaging_uses_the_preset_default_and_differs_from_the_last(run_dir):
 
 
 def test_resume_continues_to_a_larger_step_budget(tmp_path, corpus_file):
-    short = replace(RECIPE, max_steps=4)
+    short = RECIPE.override({"train.max_steps": 4})
     train_translator(tmp_path, short, data_path=corpus_file, bleu_sentences=4, progress=False)
     result = train_translator(
         tmp_path, short, data_path=corpus_file, resume=True, max_steps=8, progress=False

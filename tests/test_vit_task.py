@@ -41,7 +41,7 @@ def digits_run(tmp_path_factory):
 
 def test_tiny_vit_learns_digits_in_seconds(digits_run):
     # Stated accuracy: >= 90% on the 360 held-out digits (97.2% measured, seed 0).
-    assert digits_run.steps == PRESETS["digits"].max_steps
+    assert digits_run.steps == PRESETS["digits"].train.max_steps
     assert digits_run.test_accuracy >= 0.90
     assert digits_run.seconds < 30
     steps = [row["step"] for row in digits_run.curve]
@@ -126,7 +126,9 @@ def test_test_time_flip_averages_the_image_and_its_mirror(digits_run):
 
 def test_parameter_groups_spare_norms_biases_and_added_tokens():
     model = ViT(ViTConfig.digits())
-    decay, no_decay = parameter_groups(model, 0.05, no_decay=("cls_token", "position_embeddings"))
+    # The model's own no_weight_decay() names the added tables; nothing to pass here.
+    assert model.no_weight_decay() == {"cls_token", "position_embeddings"}
+    decay, no_decay = parameter_groups(model, 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     spared = {names[id(p)] for p in no_decay["params"]}
@@ -150,12 +152,13 @@ def test_valid_split_is_fixed_and_disjoint():
 def test_bad_recipes_and_paths(tmp_path):
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         train_vit(tmp_path, "huge")
+    digits = PRESETS["digits"]
     with pytest.raises(ValueError, match="dataset"):
-        ViTPreset("x", model="digits", dataset="cifar", max_steps=1, batch_size=1, lr=1.0,
-                  warmup_steps=0)  # fmt: skip
-    with pytest.raises(ValueError, match="no ViTConfig preset"):
-        ViTPreset("x", model="vit_h14", dataset="digits", max_steps=1, batch_size=1, lr=1.0,
-                  warmup_steps=0)  # fmt: skip
+        ViTPreset("x", digits.model, digits.train, dataset="cifar")
+    with pytest.raises(ValueError, match="unknown recipe field 'model.depth'"):
+        digits.override({"model.depth": 3})
+    with pytest.raises(ValueError, match="batch_size"):
+        digits.override({"batch_size": 0})
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_classifier(tmp_path / "nothing")
     with pytest.raises(FileNotFoundError, match="neither a qkv checkpoint"):

@@ -261,14 +261,20 @@ class MultiHeadAttention(nn.Module):
         dropout: dropout on the attention weights while training. On the CPU a
             non-zero value makes the fused kernel fall back to its ``q × k`` path.
         bias: biases on the four projections.
-
-    Attributes:
         fused: use the fused kernel when weights are not asked for (default
-            ``True``); set ``False`` to always run the plain path.
+            ``True``); ``False`` always runs the plain path. Kept as the attribute
+            ``fused``, a per-instance switch (as timm's ``fused_attn``); models set it
+            from their configuration's ``fused_attention``.
     """
 
     def __init__(
-        self, d_model: int, num_heads: int, *, dropout: float = 0.0, bias: bool = True
+        self,
+        d_model: int,
+        num_heads: int,
+        *,
+        dropout: float = 0.0,
+        bias: bool = True,
+        fused: bool = True,
     ) -> None:
         super().__init__()
         if d_model <= 0 or num_heads <= 0:
@@ -281,7 +287,7 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
         self.dropout = dropout
-        self.fused = True
+        self.fused = fused
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
         self.k_proj = nn.Linear(d_model, d_model, bias=bias)
         self.v_proj = nn.Linear(d_model, d_model, bias=bias)

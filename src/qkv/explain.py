@@ -1,4 +1,5 @@
-"""The worked self-attention example of seed 001, step by step.
+"""The worked self-attention example of the tutorials, step by step
+(docs/concepts.md#self-attention-worked-example; "the document" below is that tutorial).
 
 Three 4-dimensional inputs, 4×3 matrices ``w_key``, ``w_query``, ``w_value``; keys,
 queries and values; the unscaled score matrix ``querys @ keys.T``; its softmax;
@@ -69,7 +70,7 @@ class WorkedExample:
 
 @torch.no_grad()
 def worked_example(scaled: bool = False) -> WorkedExample:
-    """Compute the seed 001 example with qkv's attention (unscaled unless ``scaled``)."""
+    """Compute the worked example with qkv's attention (unscaled unless ``scaled``)."""
     scale = 1.0 / math.sqrt(3) if scaled else 1.0
     attention = seed001_attention(scale)
     x = torch.tensor(X, dtype=torch.float32)

@@ -121,6 +121,8 @@ class EncoderLayer(nn.Module):
         activation: ``"relu"`` (paper) or ``"gelu"`` (BERT, ViT).
         norm_first: pre-norm instead of the paper's post-norm.
         layer_norm_eps: LayerNorm epsilon. bias: biases in every linear layer.
+        fused_attention: attention through the fused kernel when no weights are
+            asked for; ``False``: the explicit matmul-softmax-matmul path.
     """
 
     def __init__(
@@ -136,12 +138,13 @@ class EncoderLayer(nn.Module):
         norm_first: bool = False,
         layer_norm_eps: float = 1e-5,
         bias: bool = True,
+        fused_attention: bool = True,
     ) -> None:
         super().__init__()
         self.d_model = d_model
         self.norm_first = norm_first
         self.self_attn = MultiHeadAttention(
-            d_model, num_heads, dropout=attention_dropout, bias=bias
+            d_model, num_heads, dropout=attention_dropout, bias=bias, fused=fused_attention
         )
         self.self_attn_norm = AddNorm(
             d_model, dropout=dropout, norm_first=norm_first, eps=layer_norm_eps
@@ -192,6 +195,7 @@ class DecoderLayer(nn.Module):
         norm_first: bool = False,
         layer_norm_eps: float = 1e-5,
         bias: bool = True,
+        fused_attention: bool = True,
     ) -> None:
         super().__init__()
         self.d_model = d_model
@@ -201,11 +205,11 @@ class DecoderLayer(nn.Module):
             return AddNorm(d_model, dropout=dropout, norm_first=norm_first, eps=layer_norm_eps)
 
         self.self_attn = MultiHeadAttention(
-            d_model, num_heads, dropout=attention_dropout, bias=bias
+            d_model, num_heads, dropout=attention_dropout, bias=bias, fused=fused_attention
         )
         self.self_attn_norm = add_norm()
         self.cross_attn = MultiHeadAttention(
-            d_model, num_heads, dropout=attention_dropout, bias=bias
+            d_model, num_heads, dropout=attention_dropout, bias=bias, fused=fused_attention
         )
         self.cross_attn_norm = add_norm()
         self.feed_forward = FeedForward(
@@ -253,7 +257,7 @@ class DecoderLayer(nn.Module):
         return LayerOutput(x, self_attn.weights, cross_attn.weights)
 
 
-def _wanted(need_weights: bool | Sequence[int], num_layers: int) -> list[bool]:
+def _layers_returning_weights(need_weights: bool | Sequence[int], num_layers: int) -> list[bool]:
     """Which layers return weights: all, none, or the listed indices (negative ok)."""
     if isinstance(need_weights, bool):
         return [need_weights] * num_layers
@@ -320,7 +324,7 @@ class Encoder(nn.Module):
 
         ``need_weights``: ``True`` for every layer, or a list of layer indices.
         """
-        wanted = _wanted(need_weights, len(self.layers))
+        wanted = _layers_returning_weights(need_weights, len(self.layers))
         attentions = []
         for layer, want in zip(self.layers, wanted, strict=True):
             x, weights, _ = layer(x, key_padding_mask=key_padding_mask, need_weights=want)
@@ -373,7 +377,7 @@ class Decoder(nn.Module):
 
         With a cache, ``cache.offset`` advances by ``q``.
         """
-        wanted = _wanted(need_weights, len(self.layers))
+        wanted = _layers_returning_weights(need_weights, len(self.layers))
         self_attentions, cross_attentions = [], []
         for i, (layer, want) in enumerate(zip(self.layers, wanted, strict=True)):
             x, self_weights, cross_weights = layer(

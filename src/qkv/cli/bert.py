@@ -97,11 +97,11 @@ def _classify_parser() -> argparse.ArgumentParser:
 
 
 def _pretrain(argv: list[str]) -> int:
-    from qkv.tasks.bert_pretrain import PretrainRecipe, pretrain
+    from qkv.tasks.bert.pretrain import PretrainRecipe, pretrain
 
     o = _pretrain_parser().parse_args(argv)
-    recipe = PretrainRecipe(
-        preset=o.preset,
+    recipe = PretrainRecipe.create(
+        o.preset,
         vocab_size=o.vocab_size,
         max_steps=o.steps,
         batch_size=o.batch_size,
@@ -127,8 +127,8 @@ def _pretrain(argv: list[str]) -> int:
 
 
 def _finetune(argv: list[str]) -> int:
-    from qkv.tasks.bert_common import minilm_path
-    from qkv.tasks.bert_finetune import FinetuneRecipe, finetune
+    from qkv.tasks.bert.common import minilm_path
+    from qkv.tasks.bert.finetune import FinetuneRecipe, finetune
 
     o = _finetune_parser().parse_args(argv)
     if o.from_scratch and o.checkpoint:
@@ -137,8 +137,8 @@ def _finetune(argv: list[str]) -> int:
     checkpoint = None if o.from_scratch else (o.checkpoint or minilm_path())
     overrides = {} if o.attention_dropout is None else {"attention_dropout": o.attention_dropout}
     recipe = FinetuneRecipe(
-        epochs=o.epochs, batch_size=o.batch_size, max_length=o.max_length, lr=o.lr
-    )
+        epochs=o.epochs, batch_size=o.batch_size, max_length=o.max_length
+    ).override({"train.lr": o.lr} | {f"model.{k}": v for k, v in overrides.items()})
     report = finetune(
         o.run_dir,
         recipe,
@@ -149,7 +149,6 @@ def _finetune(argv: list[str]) -> int:
         data_path=o.data_path,
         seeds=o.seeds,
         limits=tuple(o.limit) if o.limit else (None, None, None),
-        model_overrides=overrides,
         device=o.device,
     )
     sizes = report.sizes
@@ -166,7 +165,7 @@ def _finetune(argv: list[str]) -> int:
 
 
 def _classify(argv: list[str]) -> int:
-    from qkv.tasks.bert_classify import Classifier
+    from qkv.tasks.bert.classify import Classifier
 
     o = _classify_parser().parse_intermixed_args(argv)
     texts = o.texts or [line.strip() for line in sys.stdin if line.strip()]

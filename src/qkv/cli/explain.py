@@ -1,4 +1,5 @@
-"""``qkv explain``: the worked self-attention example of seed 001, step by step."""
+"""``qkv explain``: the worked self-attention example of the tutorials, step by step
+(docs/concepts.md#self-attention-worked-example)."""
 
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from qkv.data.padding import pad_ids
+
 __all__ = ["Seq2SeqBatch", "collate_pairs", "token_batches"]
 
 
@@ -75,21 +77,17 @@ class Seq2SeqBatch:
     src: Tensor
     tgt_in: Tensor
     tgt_out: Tensor
+    pad_id: int = 0  # the id the three are padded with
 
     def to(self, device: torch.device | str) -> Seq2SeqBatch:
-        return Seq2SeqBatch(self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device))
+        return Seq2SeqBatch(
+            self.src.to(device), self.tgt_in.to(device), self.tgt_out.to(device), self.pad_id
+        )
 
     @property
     def num_target_tokens(self) -> int:
-        return int((self.tgt_out != 0).sum())
-
-
-def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> Tensor:
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return out
+        """Target tokens the loss counts: ``tgt_out`` without its padding."""
+        return int((self.tgt_out != self.pad_id).sum())
 
 
 def collate_pairs(
@@ -99,7 +97,7 @@ def collate_pairs(
     gets an ``eos``; the target is shifted as described there."""
     if not pairs:
         raise ValueError("collate_pairs needs at least one pair")
-    src = _pad([[*s, eos_id] for s, _ in pairs], pad_id)
-    tgt_in = _pad([[bos_id, *t] for _, t in pairs], pad_id)
-    tgt_out = _pad([[*t, eos_id] for _, t in pairs], pad_id)
-    return Seq2SeqBatch(src, tgt_in, tgt_out)
+    src = pad_ids([[*s, eos_id] for s, _ in pairs], pad_id)
+    tgt_in = pad_ids([[bos_id, *t] for _, t in pairs], pad_id)
+    tgt_out = pad_ids([[*t, eos_id] for _, t in pairs], pad_id)
+    return Seq2SeqBatch(src, tgt_in, tgt_out, pad_id)

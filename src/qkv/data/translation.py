@@ -2,7 +2,7 @@
 
 The corpus is Frank Richter's Ding dictionary (TU Chemnitz, GPL-2+), which Debian ships as one
 UTF-8 file, ``/usr/share/trans/de-en``. Besides words, many of its entries carry example
-sentences, and those sentences are what we translate. See ``shared/DATA.md``.
+sentences, and those sentences are what we translate. ``scripts/setup.sh`` installs it.
 
 Notation, for one line of the file::
 
@@ -15,7 +15,7 @@ Notation, for one line of the file::
 - tags: ``{m}``, ``{pl}``, ``{adj}`` (grammar) and ``[ugs.]``, ``[Am.]`` (register, region,
   subject); they are removed. ``(...)`` is kept in sentences: there it marks optional words.
 - sentence pair: an aligned sub-entry pair where both sides have at least 3 words, end in
-  ``.``, ``?`` or ``!``, and contain no ``;`` (DATA.md's rule). One rule is added: a side whose
+  ``.``, ``?`` or ``!``, and contain no ``;``. One more rule: a side whose
   last word is a dictionary placeholder (``sth.``, ``sb.``, ``etw.``, ``jdm.`` ...) is a phrase
   that happens to end in a full stop ("the senseless waste of sth."), not a sentence.
 - phrase pair: an aligned sub-entry pair that is not a sentence pair, has no ``;`` on either side
@@ -39,7 +39,6 @@ Use::
 from __future__ import annotations
 
 import gzip
-import hashlib
 import logging
 import re
 from collections.abc import Iterable, Iterator
@@ -47,12 +46,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from qkv.data.splits import Split, hash_split
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PATH = Path("/usr/share/trans/de-en")
 
 Direction = Literal["de-en", "en-de"]
-Split = Literal["train", "valid", "test"]
 Pair = tuple[str, str]
 
 # Percent of the hash buckets that go to train and valid; the rest (5%) is test.
@@ -146,7 +146,7 @@ def parse_line(line: str) -> list[Pair]:
 
 
 def is_sentence(text: str) -> bool:
-    """DATA.md's test for one side: at least 3 words, ends in ``.?!``, has no ``;`` (and does not
+    """The sentence test for one side: at least 3 words, ends in ``.?!``, has no ``;`` (and does not
     end in a placeholder such as ``sth.``)."""
     words = text.split()
     return (
@@ -171,16 +171,9 @@ def as_phrase(german: str, english: str) -> Pair | None:
 
 
 def split_of(german: str) -> Split:
-    """The split of a sentence pair, from a hash of its German side (90/5/5).
-
-    SHA-256 rather than ``hash()``: Python salts ``hash`` of a str per process.
-    """
-    bucket = int.from_bytes(hashlib.sha256(german.encode("utf-8")).digest()[:8], "big") % 100
-    if bucket < _TRAIN_PERCENT:
-        return "train"
-    if bucket < _TRAIN_PERCENT + _VALID_PERCENT:
-        return "valid"
-    return "test"
+    """The split of a sentence pair, from a SHA-256 hash of its German side as it is, unsalted
+    (90/5/5; see :func:`qkv.data.splits.hash_bucket`)."""
+    return hash_split(german, train_percent=_TRAIN_PERCENT, valid_percent=_VALID_PERCENT)
 
 
 def find_corpus(path: str | Path | None = None) -> Path:

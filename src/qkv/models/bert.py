@@ -39,9 +39,12 @@ from torch import Tensor, nn
 from qkv.config import ConfigDict
 from qkv.embedding import TokenEmbedding, check_token_ids
 from qkv.layers import Encoder, EncoderLayer
+from qkv.losses import IGNORE_INDEX, cross_entropy
+from qkv.outputs import ModelOutput
 from qkv.positional import LearnedPositionalEmbedding
 
 __all__ = [
+    "IGNORE_INDEX",
     "BertConfig",
     "BertEmbeddings",
     "BertForMaskedLM",
@@ -52,8 +55,6 @@ __all__ = [
     "BertOutput",
     "init_bert_weights",
 ]
-
-IGNORE_INDEX = -100  # label of positions that carry no loss (Hugging Face's convention too)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class BertConfig(ConfigDict):
     # [attention_probs_dropout_prob] The paper's reference code and Hugging Face use
     # 0.1, and so do we: it is BERT's recipe, and from_pretrained takes whatever the
     # checkpoint says anyway. The cost: with a nonzero value the fused CPU kernel
-    # falls back to its math path while training (PERFORMANCE.md), which builds the
+    # falls back to its math path while training, which builds the
     # L × L weights; measured here, a BERT-mini classification step (batch 32 × 128)
     # is about 15% slower. Inference is unaffected (dropout is off in eval mode).
     # Pass 0.0 to pretrain from scratch faster, above all on long sequences.
@@ -83,23 +84,19 @@ class BertConfig(ConfigDict):
     init_std: float = 0.02  # [initializer_range], see init_bert_weights
     pad_id: int = 0  # [PAD] in the BERT vocabularies
 
+    # The fused attention kernel when no weights are asked for; False: the explicit
+    # matmul-softmax-matmul path (see MultiHeadAttention).
+    fused_attention: bool = True
+
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("max_position_embeddings", "type_vocab_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.d_model % self.num_heads != 0:
-            raise ValueError(f"num_heads ({self.num_heads}) must divide d_model ({self.d_model})")
-        for name in ("dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.layer_norm_eps <= 0 or self.init_std <= 0:
-            raise ValueError(
-                f"layer_norm_eps ({self.layer_norm_eps}) and init_std ({self.init_std}) "
-                "must be positive"
-            )
+        self.check(
+            positive=(
+                "vocab_size", "d_model", "num_layers", "num_heads", "d_ff",
+                "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "init_std",
+            ),
+            probabilities=("dropout", "attention_dropout"),
+            heads=("num_heads", "d_model"),
+        )  # fmt: skip
         if not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"pad_id ({self.pad_id}) must be in [0, vocab_size={self.vocab_size})")
 
@@ -194,13 +191,12 @@ class BertOutput:
     attentions: tuple[Tensor | None, ...] | None = None
 
 
-@dataclass
-class BertHeadOutput:
-    """What a head returns: ``logits``, ``loss`` (when labels are given, else
-    ``None``) and the backbone's :class:`BertOutput` (hidden states, weights)."""
+@dataclass(kw_only=True)
+class BertHeadOutput(ModelOutput):
+    """What a head returns (:class:`~qkv.outputs.ModelOutput`): ``logits``, ``loss``
+    and ``num_targets`` (when labels are given, else ``None``), and the backbone's
+    :class:`BertOutput` (hidden states, weights)."""
 
-    logits: Tensor
-    loss: Tensor | None
     bert: BertOutput
 
 
@@ -255,10 +251,17 @@ class BertModel(nn.Module):
             activation="gelu",  # exact erf GELU, Hugging Face's "gelu"
             norm_first=False,  # BERT is post-norm, like the 2017 Transformer
             layer_norm_eps=c.layer_norm_eps,
+            fused_attention=c.fused_attention,
         )
         self.encoder = Encoder(layer, c.num_layers, final_norm=False)
         self.pooler = nn.Linear(c.d_model, c.d_model) if pooler else None
         init_bert_weights(self, c.init_std)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters a trainer should not decay beyond the 1-D ones (biases and
+        LayerNorms, which :func:`qkv.train.optim.parameter_groups` spares anyway):
+        none; BERT's released code decays every matrix, embeddings included."""
+        return set()
 
     def forward(
         self,
@@ -299,18 +302,13 @@ class BertModel(nn.Module):
         return BertOutput(hidden, pooled, encoded.attentions)
 
 
-def _classification_loss(logits: Tensor, labels: Tensor | None, num_classes: int) -> Tensor | None:
+def _head_output(
+    logits: Tensor, labels: Tensor | None, label_smoothing: float, bert: BertOutput
+) -> BertHeadOutput:
     if labels is None:
-        return None
-    if labels.shape != logits.shape[:-1]:
-        raise ValueError(
-            f"labels must have shape {tuple(logits.shape[:-1])}, got {tuple(labels.shape)}"
-        )
-    return F.cross_entropy(
-        logits.reshape(-1, num_classes),  # (N, C)
-        labels.reshape(-1),  # (N,)
-        ignore_index=IGNORE_INDEX,
-    )
+        return BertHeadOutput(logits=logits, bert=bert)
+    loss, count = cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    return BertHeadOutput(logits=logits, loss=loss, num_targets=count, bert=bert)
 
 
 class BertForMaskedLM(nn.Module):
@@ -334,6 +332,9 @@ class BertForMaskedLM(nn.Module):
         init_bert_weights(self.transform, config.init_std)
         init_bert_weights(self.transform_norm, config.init_std)
 
+    def no_weight_decay(self) -> set[str]:
+        return {f"bert.{name}" for name in self.bert.no_weight_decay()}
+
     @property
     def decoder_weight(self) -> nn.Parameter:
         """The output projection: the word embeddings, ``(V, d)``."""
@@ -347,6 +348,7 @@ class BertForMaskedLM(nn.Module):
         *,
         labels: Tensor | None = None,
         masked_positions: Tensor | None = None,
+        label_smoothing: float = 0.0,
         need_weights: bool | Sequence[int] = False,
     ) -> BertHeadOutput:
         """Vocabulary logits, at every position or at the masked ones only.
@@ -360,7 +362,7 @@ class BertForMaskedLM(nn.Module):
         Shape:
             logits ``(b, L, V)``; with ``masked_positions``, ``(n, V)`` in row-major
             order of the ``True`` entries. loss: mean cross-entropy over labels
-            that are not ``-100``.
+            that are not ``-100`` (:mod:`qkv.losses`).
         """
         out = self.bert(input_ids, attention_mask, token_type_ids, need_weights=need_weights)
         hidden = out.last_hidden_state  # (b, L, d)
@@ -375,7 +377,7 @@ class BertForMaskedLM(nn.Module):
                 labels = labels[masked_positions]  # (n,)
         h = self.transform_norm(F.gelu(self.transform(hidden)))  # (..., d)
         logits = F.linear(h, self.decoder_weight, self.decoder_bias)  # (..., V)
-        return BertHeadOutput(logits, _classification_loss(logits, labels, logits.shape[-1]), out)
+        return _head_output(logits, labels, label_smoothing, out)
 
 
 def _label_names(num_labels: int, label_names: Sequence[str] | None) -> tuple[str, ...]:
@@ -421,9 +423,14 @@ class _BertClassifier(nn.Module):
         self.classifier = nn.Linear(config.d_model, num_labels)
         init_bert_weights(self.classifier, config.init_std)
 
+    def no_weight_decay(self) -> set[str]:
+        return {f"bert.{name}" for name in self.bert.no_weight_decay()}
+
     def classify(self, hidden: Tensor) -> Tensor:
         """Shape: ``(..., d)`` -> ``(..., C)``."""
         return self.classifier(self.dropout(hidden))
+
+    forward_head = classify  # timm's name: features -> logits
 
 
 class BertForSequenceClassification(_BertClassifier):
@@ -439,13 +446,14 @@ class BertForSequenceClassification(_BertClassifier):
         token_type_ids: Tensor | None = None,
         *,
         labels: Tensor | None = None,
+        label_smoothing: float = 0.0,
         need_weights: bool | Sequence[int] = False,
     ) -> BertHeadOutput:
         """Shape: inputs ``(b, L)``, labels ``(b,)`` class indices -> logits ``(b, C)``."""
         out = self.bert(input_ids, attention_mask, token_type_ids, need_weights=need_weights)
         assert out.pooled_output is not None  # built with a pooler
         logits = self.classify(out.pooled_output)  # (b, C)
-        return BertHeadOutput(logits, _classification_loss(logits, labels, self.num_labels), out)
+        return _head_output(logits, labels, label_smoothing, out)
 
 
 class BertForTokenClassification(_BertClassifier):
@@ -461,10 +469,11 @@ class BertForTokenClassification(_BertClassifier):
         token_type_ids: Tensor | None = None,
         *,
         labels: Tensor | None = None,
+        label_smoothing: float = 0.0,
         need_weights: bool | Sequence[int] = False,
     ) -> BertHeadOutput:
         """Shape: inputs ``(b, L)``, labels ``(b, L)`` (``-100`` = no loss, e.g. padding
         or word-piece continuations) -> logits ``(b, L, C)``."""
         out = self.bert(input_ids, attention_mask, token_type_ids, need_weights=need_weights)
         logits = self.classify(out.last_hidden_state)  # (b, L, C)
-        return BertHeadOutput(logits, _classification_loss(logits, labels, self.num_labels), out)
+        return _head_output(logits, labels, label_smoothing, out)

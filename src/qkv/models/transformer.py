@@ -28,7 +28,9 @@ from qkv.layers import (
     EncoderLayer,
     EncoderOutput,
 )
+from qkv.losses import IGNORE_INDEX, cross_entropy
 from qkv.masks import padding_mask_from_ids
+from qkv.outputs import ModelOutput
 from qkv.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 
 __all__ = ["Seq2SeqOutput", "Transformer", "TransformerConfig"]
@@ -59,24 +61,20 @@ class TransformerConfig(ConfigDict):
     tie_output: bool = True  # output projection reuses the target embedding (section 3.4)
     pad_id: int = 0
 
+    # The fused attention kernel when no weights are asked for; False: the explicit
+    # matmul-softmax-matmul path, faster to train in bf16 on a CPU at sentence lengths
+    # (benchmarks/RESULTS.md).
+    fused_attention: bool = True
+
     def __post_init__(self) -> None:
-        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "d_ff", "max_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.d_model % self.num_heads != 0:
-            raise ValueError(f"num_heads ({self.num_heads}) must divide d_model ({self.d_model})")
-        if self.num_encoder_layers < 1 or self.num_decoder_layers < 1:
-            raise ValueError(
-                "num_encoder_layers and num_decoder_layers must be at least 1, got "
-                f"{self.num_encoder_layers} and {self.num_decoder_layers}"
-            )
-        for name in ("dropout", "attention_dropout", "activation_dropout"):
-            if getattr(self, name) is not None and not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.positional not in ("sinusoidal", "learned"):
-            raise ValueError(
-                f"positional must be 'sinusoidal' or 'learned', got {self.positional!r}"
-            )
+        self.check(
+            positive=(
+                "src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "d_ff", "max_len",
+                "num_encoder_layers", "num_decoder_layers", "layer_norm_eps",
+            ),
+            probabilities=("dropout", "attention_dropout", "activation_dropout"),
+            heads=("num_heads", "d_model"),
+        )  # fmt: skip
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError(
                 "share_embeddings needs one vocabulary, got src_vocab_size "
@@ -99,12 +97,12 @@ class TransformerConfig(ConfigDict):
         return cls(src_vocab_size, tgt_vocab_size, **{**sizes, **overrides})
 
 
-@dataclass
-class Seq2SeqOutput:
-    """``logits`` ``(b, q, V)``, plus the encoder and decoder outputs (with weights
-    when asked for)."""
+@dataclass(kw_only=True)
+class Seq2SeqOutput(ModelOutput):
+    """``logits`` ``(b, q, V)``; ``loss`` and ``num_targets`` when labels were given
+    (:class:`~qkv.outputs.ModelOutput`); the encoder and decoder outputs (with
+    weights when asked for)."""
 
-    logits: Tensor
     encoder: EncoderOutput
     decoder: DecoderOutput
 
@@ -145,6 +143,7 @@ class Transformer(nn.Module):
             activation=c.activation,
             norm_first=c.norm_first,
             layer_norm_eps=c.layer_norm_eps,
+            fused_attention=c.fused_attention,
         )
         self.encoder = Encoder(
             EncoderLayer(c.d_model, c.num_heads, c.d_ff, **layer_args), c.num_encoder_layers
@@ -173,6 +172,11 @@ class Transformer(nn.Module):
             self.output_proj.weight = self.tgt_embed.weight
         else:
             nn.init.xavier_uniform_(self.output_proj.weight)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters a trainer should not decay beyond the 1-D ones: none (the paper
+        trains without weight decay; where a recipe adds it, it decays every matrix)."""
+        return set()
 
     def encode(
         self,
@@ -226,11 +230,19 @@ class Transformer(nn.Module):
         *,
         src_key_padding_mask: Tensor | None = None,
         tgt_key_padding_mask: Tensor | None = None,
+        labels: Tensor | None = None,
+        label_smoothing: float = 0.0,
         need_weights: bool | Sequence[int] = False,
     ) -> Seq2SeqOutput:
         """Teacher-forced pass. Padding masks default to ``ids != pad_id``.
 
-        Shape: src_ids ``(b, k)``, tgt_ids ``(b, q)`` -> logits ``(b, q, V)``.
+        ``labels``: the token each position should predict (the target shifted
+        left); positions holding ``pad_id`` or ``-100`` carry no loss. With labels,
+        ``loss`` is the label-smoothed cross-entropy (section 5.4: ε = 0.1 hurts
+        perplexity but helps BLEU), averaged over the real target tokens.
+
+        Shape: src_ids ``(b, k)``, tgt_ids ``(b, q)``, labels ``(b, q)`` -> logits
+        ``(b, q, V)``.
         """
         if src_ids.dim() != 2 or tgt_ids.dim() != 2 or src_ids.shape[0] != tgt_ids.shape[0]:
             raise ValueError(
@@ -251,4 +263,11 @@ class Transformer(nn.Module):
             tgt_key_padding_mask=tgt_key_padding_mask,
             need_weights=need_weights,
         )
-        return Seq2SeqOutput(self.output_proj(decoded.last_hidden_state), encoded, decoded)
+        logits = self.output_proj(decoded.last_hidden_state)  # (b, q, V)
+        output = Seq2SeqOutput(logits=logits, encoder=encoded, decoder=decoded)
+        if labels is not None:
+            labels = labels.masked_fill(labels == self.config.pad_id, IGNORE_INDEX)  # (b, q)
+            output.loss, output.num_targets = cross_entropy(
+                logits, labels, label_smoothing=label_smoothing
+            )
+        return output

@@ -1,11 +1,11 @@
 """Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words", section 3.1).
 
-Seed 002 describes it in five steps, and so does this file:
+Five steps, as docs/concepts.md#vit tells them, and so does this file:
 
 1. cut the image into ``p × p`` patches and flatten each one (:class:`PatchEmbedding`);
 2. project every flattened patch linearly to the model width (768 for ViT-B);
 3. put a learned class token in front and add a position embedding to every token
-   (learned, the paper's choice, or a fixed 2-D sin/cos table: the documents name both);
+   (learned, the paper's choice, or a fixed 2-D sin/cos table: the tutorials name both);
 4. run the pre-norm Transformer encoder of :mod:`qkv.layers` (``norm_first=True``, GELU);
 5. classify from the class token: final LayerNorm (the encoder's), then a linear head.
 
@@ -34,6 +34,8 @@ from torch import Tensor, nn
 
 from qkv.config import ConfigDict
 from qkv.layers import Encoder, EncoderLayer, EncoderOutput
+from qkv.losses import cross_entropy
+from qkv.outputs import ModelOutput
 from qkv.positional import positional_encoding
 
 __all__ = ["PatchEmbedding", "ViT", "ViTConfig", "ViTOutput", "sinusoidal_2d_position_embeddings"]
@@ -80,37 +82,28 @@ class ViTConfig(ConfigDict):
     # (std 0.02 everywhere). See ViT.reset_parameters.
     init: Literal["jax", "trunc_normal"] = "jax"
 
+    # The fused attention kernel when no weights are asked for; False: the explicit
+    # matmul-softmax-matmul path (see MultiHeadAttention).
+    fused_attention: bool = True
+
     def __post_init__(self) -> None:
-        sizes = ("image_size", "patch_size", "in_channels", "num_classes", "d_model")
-        for name in (*sizes, "num_layers", "num_heads", "d_ff"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self.check(
+            positive=(
+                "image_size", "patch_size", "in_channels", "num_classes", "d_model",
+                "num_layers", "num_heads", "d_ff", "layer_norm_eps", "representation_size",
+            ),
+            probabilities=("dropout", "attention_dropout"),
+            heads=("num_heads", "d_model"),
+        )  # fmt: skip
         if self.image_size % self.patch_size != 0:
             raise ValueError(
                 f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})"
-            )
-        if self.d_model % self.num_heads != 0:
-            raise ValueError(f"num_heads ({self.num_heads}) must divide d_model ({self.d_model})")
-        for name in ("dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.layer_norm_eps <= 0:
-            raise ValueError(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
-        if self.positional not in ("learned", "sinusoidal"):
-            raise ValueError(
-                f"positional must be 'learned' or 'sinusoidal', got {self.positional!r}"
             )
         if self.positional == "sinusoidal" and self.d_model % 4 != 0:
             # Half the width encodes the row, half the column, each as sin/cos pairs.
             raise ValueError(
                 f"2-D sinusoidal position embeddings need d_model divisible by 4, "
                 f"got {self.d_model}"
-            )
-        if self.init not in ("jax", "trunc_normal"):
-            raise ValueError(f"init must be 'jax' or 'trunc_normal', got {self.init!r}")
-        if self.representation_size is not None and self.representation_size < 1:
-            raise ValueError(
-                f"representation_size must be positive or None, got {self.representation_size}"
             )
 
     @property
@@ -254,15 +247,23 @@ def sinusoidal_2d_position_embeddings(grid_size: int, d_model: int) -> Tensor:
     return torch.cat([torch.zeros(1, d_model), grid])[None]  # (1, 1 + N, d)
 
 
-@dataclass
-class ViTOutput:
-    """``logits`` ``(b, K)``; ``last_hidden_state`` ``(b, 1 + N, d)`` (after the final
-    LayerNorm); ``attentions[i]`` ``(b, h, 1 + N, 1 + N)`` for the layers asked for
-    with ``need_weights``, else ``None``."""
+@dataclass(kw_only=True)
+class ViTOutput(ModelOutput):
+    """``logits`` ``(b, K)``; ``loss`` and ``num_targets`` when labels were given
+    (:class:`~qkv.outputs.ModelOutput`); ``encoder``: the encoder's output, whose
+    ``last_hidden_state`` ``(b, 1 + N, d)`` is after the final LayerNorm and whose
+    ``attentions[i]`` ``(b, h, 1 + N, 1 + N)`` are there for the layers asked for
+    with ``need_weights``."""
 
-    logits: Tensor
-    last_hidden_state: Tensor
-    attentions: tuple[Tensor | None, ...] | None = None
+    encoder: EncoderOutput
+
+    @property
+    def last_hidden_state(self) -> Tensor:
+        return self.encoder.last_hidden_state
+
+    @property
+    def attentions(self) -> tuple[Tensor | None, ...] | None:
+        return self.encoder.attentions
 
 
 class ViT(nn.Module):
@@ -299,6 +300,7 @@ class ViT(nn.Module):
             activation="gelu",
             norm_first=True,  # ViT is pre-norm; the Encoder then ends in a LayerNorm
             layer_norm_eps=c.layer_norm_eps,
+            fused_attention=c.fused_attention,
         )
         self.encoder = Encoder(layer, c.num_layers)
         if c.representation_size is None:
@@ -407,14 +409,34 @@ class ViT(nn.Module):
         """
         return self.head(self.pre_logits(features[:, 0]))  # (b, K)
 
-    def forward(self, images: Tensor, *, need_weights: bool | Sequence[int] = False) -> ViTOutput:
-        """Classify a batch of images.
+    def no_weight_decay(self) -> set[str]:
+        """Parameters a trainer should not decay beyond the 1-D ones: the class token and
+        the position embeddings, which are added to the input rather than multiplied
+        with it (timm's and DeiT's recipe)."""
+        return {"cls_token", "position_embeddings"}
 
-        Shape: images ``(b, c, H, W)`` -> logits ``(b, K)``; see :class:`ViTOutput`.
+    def forward(
+        self,
+        images: Tensor,
+        *,
+        labels: Tensor | None = None,
+        label_smoothing: float = 0.0,
+        need_weights: bool | Sequence[int] = False,
+    ) -> ViTOutput:
+        """Classify a batch of images; with ``labels`` (class indices), also the mean
+        label-smoothed cross-entropy.
+
+        Shape: images ``(b, c, H, W)``, labels ``(b,)`` -> logits ``(b, K)``; see
+        :class:`ViTOutput`.
         """
         encoded = self.encode(images, need_weights=need_weights)
-        logits = self.forward_head(encoded.last_hidden_state)
-        return ViTOutput(logits, encoded.last_hidden_state, encoded.attentions)
+        logits = self.forward_head(encoded.last_hidden_state)  # (b, K)
+        output = ViTOutput(logits=logits, encoder=encoded)
+        if labels is not None:
+            output.loss, output.num_targets = cross_entropy(
+                logits, labels, label_smoothing=label_smoothing
+            )
+        return output
 
     @torch.no_grad()
     def interpolate_position_embeddings(self, new_image_size: int) -> None:

@@ -28,6 +28,8 @@ import torch
 from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 
+from qkv.fileio import write_json_atomic
+
 __all__ = [
     "Checkpoint",
     "average_checkpoints",
@@ -50,21 +52,6 @@ class Checkpoint:
     path: Path
     step: int
     meta: dict[str, Any]
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _checkpoint_dir(run_dir: Path) -> Path:

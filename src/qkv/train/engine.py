@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from qkv.config import ConfigDict
 from qkv.train.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
@@ -62,7 +63,7 @@ class TrainingDiverged(RuntimeError):
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigDict):
     """How to train; the model's own configuration is separate."""
 
     max_steps: int = 1000  # optimizer steps
@@ -83,16 +84,13 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_steps < 1 or self.grad_accum < 1:
-            raise ValueError(
-                f"max_steps ({self.max_steps}) and grad_accum ({self.grad_accum}) must be >= 1"
-            )
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
+        self.check(
+            positive=("max_steps", "grad_accum", "lr", "grad_clip", "log_every",
+                      "checkpoint_every", "keep_checkpoints"),
+        )  # fmt: skip
+        for name in ("weight_decay", "warmup_steps", "min_lr_factor", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -108,6 +106,18 @@ class _Position:
 
     epoch: int = 0
     index: int = 0
+
+
+@dataclass
+class _Run:
+    """What one call of :meth:`Trainer.fit` reports to, and its throughput window."""
+
+    result: TrainResult
+    bar: tqdm
+    metrics: MetricsLog | None
+    checkpointed: bool  # resumed from or wrote a checkpoint: there are curves to plot
+    window_targets: float = 0.0  # targets since the last logged step
+    window_start: float = field(default_factory=time.perf_counter)
 
 
 class Trainer:
@@ -271,100 +281,141 @@ class Trainer:
         if context.enabled:
             model = DistributedDataParallel(self.model)
         stream = self._stream()
-        per_step = config.grad_accum * context.world_size
-        result = TrainResult(self.step, None)
         bar = tqdm(
             total=config.max_steps,
             initial=self.step,
             disable=not context.is_main or self.progress is False,
             dynamic_ncols=True,
         )
-        last_saved = self.step if resumed_at is not None else None
-        window_targets, window_start = 0.0, time.perf_counter()
+        run = _Run(TrainResult(self.step, None), bar, metrics, checkpointed=resumed_at is not None)
         try:
             while self.step < config.max_steps:
-                micro = [next(stream) for _ in range(per_step)][context.rank :: context.world_size]
-                model.train()
-                loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-                targets = torch.zeros((), device=self.device, dtype=torch.float64)
-                for i, batch in enumerate(micro):
-                    last = i == len(micro) - 1
-                    # Gradients are all-reduced once per step, after the last micro-batch.
-                    accumulate = context.enabled and not last
-                    with model.no_sync() if accumulate else contextlib.nullcontext():
-                        with self._autocast():
-                            batch_loss, batch_targets = self.loss_fn(model, self._to_device(batch))
-                        self.scaler.scale(batch_loss.float()).backward()
-                    loss_sum += batch_loss.detach().double()
-                    targets += float(batch_targets)
-                loss_sum = all_reduce_sum(loss_sum, context)
-                targets = all_reduce_sum(targets, context)
-                loss = (loss_sum / targets.clamp(min=1)).item()
-                if not math.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"loss became {loss} at step {self.step + 1}; training stopped. "
-                        f"The last good checkpoint is kept in {self.run_dir / 'checkpoints'} "
-                        "(lower the learning rate, raise warm-up, or use fp32)."
-                    )
-                self.scaler.unscale_(self.optimizer)
-                # DDP averaged the gradients over processes; turn the sum of summed
-                # losses into the mean over every target of the step.
-                scale = context.world_size / max(float(targets), 1.0)
-                for p in self.model.parameters():
-                    if p.grad is not None:
-                        p.grad.mul_(scale)
-                grad_norm = None
-                if config.grad_clip is not None:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(
-                        self.model.parameters(), config.grad_clip
-                    )
-                lr = self.scheduler.get_last_lr()[0]
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                window_targets += float(targets)
-
-                if self.step % config.log_every == 0 or self.step == config.max_steps:
-                    elapsed = max(time.perf_counter() - window_start, 1e-9)
-                    row = {"train_loss": loss, "lr": lr, "targets_per_s": window_targets / elapsed}
-                    if grad_norm is not None:
-                        row["grad_norm"] = float(grad_norm)
-                    window_targets, window_start = 0.0, time.perf_counter()
-                    result.history.append({"step": self.step, **row})
-                    if metrics is not None:
-                        metrics.log(self.step, **row)
-                    bar.set_postfix(
-                        loss=f"{loss:.4f}", tok_s=f"{row['targets_per_s']:.0f}", lr=f"{lr:.2e}"
-                    )
+                loss, targets, grad_norm, lr = self._train_step(model, stream)
+                self._log(run, loss, targets, grad_norm, lr)
                 bar.update(1)
-
-                at_end = self.step == config.max_steps
-                if (
-                    self.evaluate is not None
-                    and context.is_main
-                    and (at_end or (config.eval_every and self.step % config.eval_every == 0))
-                ):
-                    self.model.eval()
-                    values = {f"valid_{k}": v for k, v in self.evaluate(self.model).items()}
-                    if metrics is not None:
-                        metrics.log(self.step, **values)
-                    result.history.append({"step": self.step, **values})
-                    bar.write(
-                        f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items())
-                    )
-                if at_end or self.step % config.checkpoint_every == 0:
-                    result.last_checkpoint = self.save()
-                    last_saved = self.step
+                self._maybe_evaluate(run)
+                self._maybe_checkpoint(run)
         finally:
             bar.close()
             if metrics is not None:
                 metrics.close()
-        result.step = self.step
-        if context.is_main and last_saved is not None:
-            try:
-                plot_curves(self.run_dir / "metrics.csv", self.run_dir / "loss_curves.png")
-            except Exception as error:  # a missing plot must not lose a finished run
-                logger.warning("could not plot the loss curves: %s", error)
-        return result
+        run.result.step = self.step
+        if context.is_main and run.checkpointed:
+            self._plot_curves()
+        return run.result
+
+    def _train_step(
+        self, model: nn.Module, stream: Iterator[Any]
+    ) -> tuple[float, float, Tensor | None, float]:
+        """One optimizer step over this process's share of the next micro-batches.
+
+        ``model`` is ``self.model``, or its DDP wrapper when data parallel. Returns the
+        step's mean loss and its number of targets (over all processes), the gradient
+        norm before clipping (``None`` without clipping) and the learning rate used.
+        Raises :class:`TrainingDiverged` before stepping on a NaN or infinite loss.
+        """
+        context = self.context
+        per_step = self.config.grad_accum * context.world_size
+        micro = [next(stream) for _ in range(per_step)][context.rank :: context.world_size]
+        loss_sum, targets = self._backward(model, micro)
+        loss_sum = all_reduce_sum(loss_sum, context)
+        targets = all_reduce_sum(targets, context)
+        loss = (loss_sum / targets.clamp(min=1)).item()
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss became {loss} at step {self.step + 1}; training stopped. "
+                f"The last good checkpoint is kept in {self.run_dir / 'checkpoints'} "
+                "(lower the learning rate, raise warm-up, or use fp32)."
+            )
+        grad_norm, lr = self._optimizer_step(float(targets))
+        return loss, float(targets), grad_norm, lr
+
+    def _backward(self, model: nn.Module, micro: list[Any]) -> tuple[Tensor, Tensor]:
+        """Summed gradients of the micro-batches; returns this process's summed loss and
+        number of targets (float64 scalars)."""
+        context = self.context
+        model.train()
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        targets = torch.zeros((), device=self.device, dtype=torch.float64)
+        for i, batch in enumerate(micro):
+            last = i == len(micro) - 1
+            # Gradients are all-reduced once per step, after the last micro-batch.
+            accumulate = context.enabled and not last
+            with model.no_sync() if accumulate else contextlib.nullcontext():
+                with self._autocast():
+                    batch_loss, batch_targets = self.loss_fn(model, self._to_device(batch))
+                self.scaler.scale(batch_loss.float()).backward()
+            loss_sum += batch_loss.detach().double()
+            targets += float(batch_targets)
+        return loss_sum, targets
+
+    def _optimizer_step(self, targets: float) -> tuple[Tensor | None, float]:
+        """Scale the summed gradients to the mean over the step's ``targets``, clip, step.
+        Returns the gradient norm before clipping (``None`` without clipping) and the
+        learning rate of this step."""
+        config = self.config
+        self.scaler.unscale_(self.optimizer)
+        # DDP averaged the gradients over processes; turn the sum of summed
+        # losses into the mean over every target of the step.
+        scale = self.context.world_size / max(targets, 1.0)
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        grad_norm = None
+        if config.grad_clip is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        lr = self.scheduler.get_last_lr()[0]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return grad_norm, lr
+
+    def _log(
+        self, run: _Run, loss: float, targets: float, grad_norm: Tensor | None, lr: float
+    ) -> None:
+        """Count the step's targets for the throughput; every ``log_every`` steps and at
+        the end, write a metrics row and show it on the progress bar."""
+        run.window_targets += targets
+        if self.step % self.config.log_every != 0 and self.step != self.config.max_steps:
+            return
+        elapsed = max(time.perf_counter() - run.window_start, 1e-9)
+        row = {"train_loss": loss, "lr": lr, "targets_per_s": run.window_targets / elapsed}
+        if grad_norm is not None:
+            row["grad_norm"] = float(grad_norm)
+        run.window_targets, run.window_start = 0.0, time.perf_counter()
+        run.result.history.append({"step": self.step, **row})
+        if run.metrics is not None:
+            run.metrics.log(self.step, **row)
+        run.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{row['targets_per_s']:.0f}", lr=f"{lr:.2e}")
+
+    def _maybe_evaluate(self, run: _Run) -> None:
+        """Run ``evaluate`` on the main process every ``eval_every`` steps and at the end."""
+        config = self.config
+        at_end = self.step == config.max_steps
+        if (
+            self.evaluate is None
+            or not self.context.is_main
+            or not (at_end or (config.eval_every and self.step % config.eval_every == 0))
+        ):
+            return
+        self.model.eval()
+        values = {f"valid_{k}": v for k, v in self.evaluate(self.model).items()}
+        if run.metrics is not None:
+            run.metrics.log(self.step, **values)
+        run.result.history.append({"step": self.step, **values})
+        run.bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+
+    def _maybe_checkpoint(self, run: _Run) -> None:
+        """Save every ``checkpoint_every`` steps and at the end."""
+        at_end = self.step == self.config.max_steps
+        if at_end or self.step % self.config.checkpoint_every == 0:
+            run.result.last_checkpoint = self.save()
+            run.checkpointed = True
+
+    def _plot_curves(self) -> None:
+        try:
+            plot_curves(self.run_dir / "metrics.csv", self.run_dir / "loss_curves.png")
+        except Exception as error:  # a missing plot must not lose a finished run
+            logger.warning("could not plot the loss curves: %s", error)

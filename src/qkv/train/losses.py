@@ -1,29 +1,23 @@
-"""Losses in the engine's form: ``(model, batch) -> (summed loss, number of targets)``."""
+"""Batches to losses in the engine's form: ``(model, batch) -> (summed loss, targets)``.
+
+Every model computes its own loss from ``labels=`` (:mod:`qkv.losses`); what is left
+here is which field of a batch goes to which argument.
+"""
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.data.batching import Seq2SeqBatch
+from qkv.losses import summed
 
 __all__ = ["seq2seq_loss"]
 
 
 def seq2seq_loss(
-    model: nn.Module, batch: Seq2SeqBatch, *, pad_id: int = 0, label_smoothing: float = 0.1
+    model: nn.Module, batch: Seq2SeqBatch, *, label_smoothing: float = 0.1
 ) -> tuple[Tensor, Tensor]:
-    """Label-smoothed cross-entropy over the real target tokens (section 5.4: ε = 0.1
-    hurts perplexity but helps BLEU). Padding contributes nothing.
-
-    Shape: logits ``(b, q, V)`` against ``tgt_out`` ``(b, q)``.
-    """
-    logits = model(batch.src, batch.tgt_in).logits  # (b, q, V)
-    loss = F.cross_entropy(
-        logits.flatten(0, 1).float(),  # (b·q, V); float32 for a stable log-softmax
-        batch.tgt_out.flatten(),
-        ignore_index=pad_id,
-        label_smoothing=label_smoothing,
-        reduction="sum",
-    )
-    return loss, (batch.tgt_out != pad_id).sum()
+    """The translator's loss on a batch: ``tgt_out`` are the labels of ``tgt_in``;
+    padding contributes nothing (see :meth:`qkv.models.Transformer.forward`)."""
+    output = model(batch.src, batch.tgt_in, labels=batch.tgt_out, label_smoothing=label_smoothing)
+    return summed(output)

@@ -3,7 +3,8 @@
 - :mod:`qkv.viz.capture`: one forward pass, the weights of the layers asked for,
   with their tokens (:class:`AttentionMap`); attention rollout.
 - :mod:`qkv.viz.plots`: matplotlib figures (heat-map grids, the lines view, ViT
-  overlays, the seed 001 example), saved as PNG or SVG.
+  overlays, the worked example of docs/concepts.md#self-attention-worked-example),
+  saved as PNG or SVG.
 - :mod:`qkv.viz.page`: a self-contained HTML page to explore them in a browser.
 """
 

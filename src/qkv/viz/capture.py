@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor, nn
 
+from qkv.data.padding import pad_ids
+
 if TYPE_CHECKING:  # for types only: capturing needs nothing of a model but its forward
     from tokenizers import Tokenizer
 
@@ -115,7 +117,8 @@ class AttentionMap:
         return self.weights[self.layers.index(wanted)]
 
 
-def _wanted(layers: Sequence[int] | None) -> bool | list[int]:
+def _need_weights_arg(layers: Sequence[int] | None) -> bool | list[int]:
+    """The models' ``need_weights`` for ``layers`` (``None``: every layer)."""
     return True if layers is None else list(layers)
 
 
@@ -137,7 +140,7 @@ def _labels(tokens: Sequence[Sequence[str]] | None, ids: Tensor) -> list[list[st
     return [list(t) for t in tokens]
 
 
-def _sort(
+def _maps_per_example(
     kind: Kind,
     per_layer: Sequence[Tensor | None] | None,
     query_mask: Tensor,
@@ -146,8 +149,8 @@ def _sort(
     key_tokens: list[list[str]],
     grid_size: int | None = None,
 ) -> list[AttentionMap]:
-    """One :class:`AttentionMap` per example from a stack's per-layer weights
-    ``(b, h, q, k)`` (``None`` for layers not asked for); masks ``(b, q)`` and
+    """One :class:`AttentionMap` per example, padding removed, from a stack's per-layer
+    weights ``(b, h, q, k)`` (``None`` for layers not asked for); masks ``(b, q)`` and
     ``(b, k)``, ``True`` = real token."""
     if per_layer is None:
         raise ValueError(f"the model returned no {kind} attention weights")
@@ -207,20 +210,28 @@ def capture_seq2seq(
     pad = model.config.pad_id
     src_mask, tgt_mask = src_ids != pad, tgt_ids != pad  # (b, k), (b, q)
     decoder_layers = layers if decoder_layers is None else decoder_layers
-    encoded = model.encode(src_ids, src_key_padding_mask=src_mask, need_weights=_wanted(layers))
+    encoded = model.encode(
+        src_ids, src_key_padding_mask=src_mask, need_weights=_need_weights_arg(layers)
+    )
     decoded = model.decode(
         tgt_ids,
         encoded.last_hidden_state,
         memory_key_padding_mask=src_mask,
         tgt_key_padding_mask=tgt_mask,
-        need_weights=_wanted(decoder_layers),
+        need_weights=_need_weights_arg(decoder_layers),
     )
     src_labels = _labels(src_tokens, src_ids)
     tgt_labels = _labels(tgt_tokens, tgt_ids)
     out_labels = tgt_labels if out_tokens is None else _labels(out_tokens, tgt_ids)
-    encoder = _sort("encoder", encoded.attentions, src_mask, src_mask, src_labels, src_labels)
-    decoder = _sort("decoder", decoded.self_attentions, tgt_mask, tgt_mask, out_labels, tgt_labels)
-    cross = _sort("cross", decoded.cross_attentions, tgt_mask, src_mask, out_labels, src_labels)
+    encoder = _maps_per_example(
+        "encoder", encoded.attentions, src_mask, src_mask, src_labels, src_labels
+    )
+    decoder = _maps_per_example(
+        "decoder", decoded.self_attentions, tgt_mask, tgt_mask, out_labels, tgt_labels
+    )
+    cross = _maps_per_example(
+        "cross", decoded.cross_attentions, tgt_mask, src_mask, out_labels, src_labels
+    )
     return [
         {"encoder": e, "decoder": d, "cross": c}
         for e, d, c in zip(encoder, decoder, cross, strict=True)
@@ -245,9 +256,12 @@ def capture_bert(
     """
     _check_training(model)
     mask = input_ids != model.config.pad_id if attention_mask is None else attention_mask.bool()
-    out = model(input_ids, mask, token_type_ids, need_weights=_wanted(layers))
+    out = model(input_ids, mask, token_type_ids, need_weights=_need_weights_arg(layers))
     labels = _labels(tokens, input_ids)
-    return [{"encoder": m} for m in _sort("encoder", out.attentions, mask, mask, labels, labels)]
+    return [
+        {"encoder": m}
+        for m in _maps_per_example("encoder", out.attentions, mask, mask, labels, labels)
+    ]
 
 
 def patch_labels(grid_size: int) -> list[str]:
@@ -262,11 +276,11 @@ def capture_vit(model: ViT, images: Tensor, *, layers: Sequence[int] | None = No
     Shape: images ``(b, c, H, W)`` -> ``b`` dicts ``{"encoder": (n, h, 1 + g², 1 + g²)}``.
     """
     _check_training(model)
-    out = model.encode(images, need_weights=_wanted(layers))
+    out = model.encode(images, need_weights=_need_weights_arg(layers))
     g = model.config.grid_size
     mask = torch.ones(images.shape[0], 1 + g * g, dtype=torch.bool)  # images have no padding
     labels = [patch_labels(g)] * images.shape[0]
-    maps = _sort("encoder", out.attentions, mask, mask, labels, labels, grid_size=g)
+    maps = _maps_per_example("encoder", out.attentions, mask, mask, labels, labels, grid_size=g)
     return [{"encoder": m} for m in maps]
 
 
@@ -297,11 +311,6 @@ def attention_rollout(weights: Tensor) -> Tensor:
     return rollout
 
 
-def _pad(rows: list[list[int]], pad_id: int) -> Tensor:
-    width = max(len(r) for r in rows)
-    return torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
-
-
 def translator_attention(
     translator: Translator,
     sentences: str | Sequence[str],
@@ -327,7 +336,7 @@ def translator_attention(
     device = translator.device
     max_len = model.config.max_len
     src_rows = [tok.source.encode(s, add_eos=True)[:max_len] for s in sentences]
-    src = _pad(src_rows, pad).to(device)  # (b, k)
+    src = pad_ids(src_rows, pad).to(device)  # (b, k)
     if targets is None:
         if beam_size == 1:
             result = greedy_decode(model, src, bos_id=BOS_ID, eos_id=EOS_ID)
@@ -339,8 +348,8 @@ def translator_attention(
         if len(targets) != len(sentences):
             raise ValueError(f"got {len(targets)} targets for {len(sentences)} sentences")
         out_rows = [tok.target.encode(t)[: max_len - 1] for t in targets]
-    tgt = _pad([[BOS_ID, *r] for r in out_rows], pad).to(device)  # (b, q)
-    produced = _pad([[*r, EOS_ID] for r in out_rows], pad)  # (b, q): what each position predicts
+    tgt = pad_ids([[BOS_ID, *r] for r in out_rows], pad).to(device)  # (b, q)
+    produced = pad_ids([[*r, EOS_ID] for r in out_rows], pad)  # (b, q): what each position predicts
 
     def pieces(ids: Tensor, vocabulary: BPETokenizer) -> list[list[str]]:
         return [[vocabulary.id_to_token(i) or "?" for i in row] for row in ids.tolist()]
@@ -370,20 +379,16 @@ def bert_attention(
     encodings = tokenizer.encode_batch(texts)
     width = max(len(e.ids) for e in encodings)
     pad = model.config.pad_id
-
-    def padded(rows: list[list[int]], value: int) -> Tensor:
-        return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
-
     # The tokenizer's own mask, not ids != pad: a tokenizer set to pad already has
     # the padding in ids; appended positions are padding too.
-    mask = padded([e.attention_mask for e in encodings], 0).bool()
+    mask = pad_ids([e.attention_mask for e in encodings], 0, width=width).bool()
     tokens = [e.tokens + ["[PAD]"] * (width - len(e.tokens)) for e in encodings]
     device = next(model.parameters()).device
     return capture_bert(
         model,
-        padded([e.ids for e in encodings], pad).to(device),
+        pad_ids([e.ids for e in encodings], pad, width=width).to(device),
         mask.to(device),
-        padded([e.type_ids for e in encodings], 0).to(device),
+        pad_ids([e.type_ids for e in encodings], 0, width=width).to(device),
         layers=layers,
         tokens=tokens,
     )

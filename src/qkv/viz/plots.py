@@ -3,13 +3,14 @@
 - :func:`plot_attention`: a grid of heat maps, layers × heads (or the mean over
   heads), queries down the side, keys along the bottom (target and source tokens
   for cross-attention).
-- :func:`plot_attention_lines`: seed 004's picture, one token's attention as lines
+- :func:`plot_attention_lines`: the tutorials' picture, one token's attention as lines
   to every token, thicker for more weight ("*it* attends to *dog* more than to
-  *food*").
-- :func:`plot_worked_example`: the score and softmax matrices of seed 001.
+  *food*"; docs/concepts.md#self-attention).
+- :func:`plot_worked_example`: the score and softmax matrices of the worked example
+  (docs/concepts.md#self-attention-worked-example).
 - :func:`plot_vit_attention`: the class token's attention over the patches laid
-  over the image, per head and averaged, and the attention rollout (seed 003: the
-  people look at the rabbit's face).
+  over the image, per head and averaged, and the attention rollout (as people
+  looking at a rabbit look at its face: docs/concepts.md#attention-maps).
 - :func:`save_figure`: PNG or SVG, chosen by the file's suffix.
 
 Figures are built with :class:`matplotlib.figure.Figure`, not ``pyplot``: no global
@@ -208,7 +209,8 @@ def _draw_lines(
     ax: Axes, weights: np.ndarray, queries: Sequence[str], keys: Sequence[str], index: int | None
 ) -> None:
     """Queries on the left, keys on the right, a line for each (query, key): its
-    width is proportional to the weight (as in seed 004), its opacity grows with it."""
+    width is proportional to the weight (docs/concepts.md#self-attention), its opacity grows
+    with it."""
     q, k = weights.shape
     top = max(q, k) - 1
     for i, text in enumerate(queries):
@@ -238,8 +240,9 @@ def plot_attention_lines(
     heads: Sequence[int] | None = None,
     mean: bool = False,
 ) -> Figure:
-    """Seed 004's lines view of one layer: from query ``token`` (an index or the
-    token's text; ``None`` = every query) a line to each key, as thick as its weight.
+    """The lines view of one layer (docs/concepts.md#self-attention): from query
+    ``token`` (an index or the token's text; ``None`` = every query) a line to each key,
+    as thick as its weight.
     One panel per head of ``heads`` (default all), or one for their mean."""
     _, columns, weights = _panels(amap, [layer], heads, mean)
     values = weights[0].numpy()  # (columns, q, k)
@@ -256,8 +259,9 @@ def plot_attention_lines(
 
 
 def plot_worked_example(example: WorkedExample) -> Figure:
-    """Seed 001's example as a picture: the scores ``querys @ keys.T``, their
-    softmax (the attention weights, numbers written in), and the weights as lines."""
+    """The worked example (docs/concepts.md#self-attention-worked-example) as a picture:
+    the scores ``querys @ keys.T``, their softmax (the attention weights, numbers written
+    in), and the weights as lines."""
     scores = example.scores.numpy()  # (3, 3)
     softmax = example.softmax.numpy()  # (3, 3)
     scaled = example.scale != 1.0

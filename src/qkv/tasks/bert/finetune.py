@@ -1,5 +1,6 @@
-"""Steps 2-4 of seed 002's transfer learning: load a pretrained BERT body, add a
-classification head, fine-tune the whole model on labelled text, once per seed.
+"""Steps 2-4 of transfer learning (docs/concepts.md#transfer-learning): load a pretrained
+BERT body, add a classification head, fine-tune the whole model on labelled text, once per
+seed.
 
 The body comes from a checkpoint (:func:`qkv.convert.bert.from_pretrained` with
 ``"classification"``: the pooler and classifier start fresh when the checkpoint has none),
@@ -19,22 +20,23 @@ import random
 import statistics
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.convert.bert import from_pretrained, save_pretrained
 from qkv.data.text import load_labelled
 from qkv.data.wordpiece import WordPieceTokenizer
+from qkv.losses import summed
 from qkv.models.bert import BertConfig, BertForSequenceClassification
-from qkv.tasks.bert_classify import Classifier
-from qkv.tasks.bert_common import MODEL_DIR, checkpoint_dir, epoch_order
+from qkv.tasks.bert.classify import Classifier
+from qkv.tasks.bert.common import MODEL_DIR, checkpoint_dir, epoch_order
 from qkv.train import TrainConfig, Trainer
 from qkv.train.optim import parameter_groups
+from qkv.train.recipe import Recipe
 
 __all__ = ["FinetuneRecipe", "FinetuneReport", "finetune", "subsample"]
 
@@ -43,31 +45,42 @@ logger = logging.getLogger(__name__)
 Example = tuple[str, int]  # (text, label index)
 
 
-@dataclass(frozen=True)
-class FinetuneRecipe:
-    """How to fine-tune: AdamW (β = 0.9, 0.999, weight decay off biases and norms), linear
-    warm-up then cosine decay to zero, gradient clipping at 1, the checkpoint's dropouts."""
+_FINETUNE_TRAIN = TrainConfig(
+    lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, schedule="cosine",
+    keep_checkpoints=1,
+)  # fmt: skip
 
+
+@dataclass(frozen=True)
+class FinetuneRecipe(Recipe[dict[str, Any]]):
+    """How to fine-tune (:class:`~qkv.train.recipe.Recipe`): ``model`` holds overrides of
+    the checkpoint's configuration (``{"attention_dropout": 0.0}``; empty: the
+    checkpoint's dropouts), ``train`` the engine's settings, of which the number of
+    steps, the warm-up and the evaluation period follow from ``epochs`` and
+    ``warmup_fraction`` and the size of the data (:meth:`train_config`).
+
+    The defaults: AdamW (β = 0.9, 0.999, weight decay off biases and norms), linear
+    warm-up then cosine decay to zero, gradient clipping at 1.
+    """
+
+    name: str = "finetune"
+    model: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=lambda: _FINETUNE_TRAIN)
     epochs: float = 3.0
     batch_size: int = 16
     max_length: int = 128  # tokens, [CLS] and [SEP] included; longer texts are truncated
-    lr: float = 1e-4
     warmup_fraction: float = 0.1
-    weight_decay: float = 0.01
 
     def train_config(self, steps_per_epoch: int, seed: int) -> TrainConfig:
+        """``train`` with the steps of ``epochs`` epochs, an evaluation at the end of
+        each, one checkpoint at the end."""
         steps = max(1, round(self.epochs * steps_per_epoch))
-        return TrainConfig(
+        return replace(
+            self.train,
             max_steps=steps,
-            lr=self.lr,
-            betas=(0.9, 0.999),
-            eps=1e-8,
-            weight_decay=self.weight_decay,
-            schedule="cosine",
             warmup_steps=round(self.warmup_fraction * steps),
             eval_every=steps_per_epoch,
             checkpoint_every=steps,
-            keep_checkpoints=1,
             log_every=min(10, steps),
             seed=seed,
         )
@@ -104,9 +117,8 @@ def subsample(examples: Sequence[Example], limit: int | None) -> list[Example]:
     return [examples[i] for i in sorted(random.Random(0).sample(range(len(examples)), limit))]
 
 
-def _classification_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, int]:
-    out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-    return F.cross_entropy(out.logits, batch["labels"], reduction="sum"), len(batch["labels"])
+def _classification_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    return summed(model(**batch))
 
 
 def _train_classifier(
@@ -140,7 +152,7 @@ def _train_classifier(
         loss_fn=_classification_loss,
         evaluate=lambda _: {"accuracy": classifier.accuracy(valid)} if valid else {},
         meta={"family": "bert-classification", "model_config": model.config.to_dict()},
-        parameter_groups=parameter_groups(model, recipe.weight_decay),
+        parameter_groups=parameter_groups(model, recipe.train.weight_decay),
         **trainer_options,
     ).fit()
     # The engine evaluates at the last step; scoring the valid set again would cost as much.
@@ -180,7 +192,6 @@ def finetune(
     data_path: str | Path | None = None,
     seeds: Sequence[int] = (0,),
     limits: tuple[int | None, int | None, int | None] = (None, None, None),
-    model_overrides: dict[str, Any] | None = None,
     device: str | None = None,
     progress: bool | None = None,
 ) -> FinetuneReport:
@@ -197,7 +208,6 @@ def finetune(
             split is fixed (:func:`qkv.data.text.split_of`).
         limits: at most that many (train, valid, test) examples, ``None`` for all: a
             sample drawn with a fixed seed (:func:`subsample`), the same for every seed.
-        model_overrides: :class:`BertConfig` fields to replace (dropouts, say).
 
     Each seed writes ``run_dir/seed-N/`` (the engine's checkpoints and metrics) and
     ``run_dir/seed-N/model/`` (the classifier, Hugging Face format, with its tokenizer
@@ -224,7 +234,7 @@ def finetune(
     )
     for seed in seeds:
         torch.manual_seed(seed)  # the new head's initialisation (and the whole model's)
-        model = _new_classifier(tok, labels, source, preset, model_overrides or {})
+        model = _new_classifier(tok, labels, source, preset, recipe.model)
         classifier = Classifier(model, tok, recipe.max_length)
         seed_dir = Path(run_dir) / f"seed-{seed}"
         start = time.perf_counter()
@@ -237,7 +247,7 @@ def finetune(
         save_pretrained(model, seed_dir / MODEL_DIR)
         tok.save(seed_dir / MODEL_DIR, model_max_length=recipe.max_length)
         logger.info("seed %d: test accuracy %.4f", seed, report.test_accuracy[seed])
-    results = asdict(report) | {"recipe": asdict(recipe), "mean": report.mean, "std": report.std}
+    results = asdict(report) | {"recipe": recipe.to_dict(), "mean": report.mean, "std": report.std}
     results["model_dirs"] = {seed: str(path) for seed, path in report.model_dirs.items()}
     (Path(run_dir) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return report

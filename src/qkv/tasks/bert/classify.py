@@ -16,7 +16,7 @@ from torch import Tensor
 from qkv.convert.bert import from_pretrained
 from qkv.data.wordpiece import CONFIG_FILE, WordPieceTokenizer
 from qkv.models.bert import BertForSequenceClassification
-from qkv.tasks.bert_common import checkpoint_dir, model_device
+from qkv.tasks.bert.common import checkpoint_dir, model_device
 
 __all__ = ["Classifier", "Prediction"]
 

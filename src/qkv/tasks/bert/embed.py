@@ -18,7 +18,7 @@ from torch import Tensor
 from qkv.convert.bert import from_pretrained
 from qkv.data.wordpiece import WordPieceTokenizer
 from qkv.models.bert import BertModel
-from qkv.tasks.bert_common import checkpoint_dir, minilm_path, model_device
+from qkv.tasks.bert.common import checkpoint_dir, minilm_path, model_device
 
 __all__ = ["SentenceEncoder", "cosine_similarities", "mean_pool"]
 

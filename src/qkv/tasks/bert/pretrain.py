@@ -1,4 +1,5 @@
-"""Step 1 of seed 002's transfer learning: pretrain a BERT with masked-language modelling.
+"""Step 1 of transfer learning (docs/concepts.md#transfer-learning): pretrain a BERT
+with masked-language modelling.
 
 The Wikipedia extracts and BBC articles (:mod:`qkv.data.text`) are packed into full
 sequences and masked 15% / 80-10-10 (:mod:`qkv.data.mlm`, section 3.1 of the BERT paper),
@@ -14,20 +15,19 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.convert.bert import save_pretrained
 from qkv.data.mlm import MLMBatch, MLMCollator, pack_sequences
 from qkv.data.text import load_mlm_text
 from qkv.data.wordpiece import WordPieceTokenizer
+from qkv.losses import summed
 from qkv.models.bert import BertConfig, BertForMaskedLM
-from qkv.tasks.bert_common import (
+from qkv.tasks.bert.common import (
     MODEL_DIR,
     checkpoint_dir,
     epoch_order,
@@ -35,6 +35,7 @@ from qkv.tasks.bert_common import (
 )
 from qkv.train import TrainConfig, Trainer
 from qkv.train.optim import parameter_groups
+from qkv.train.recipe import Recipe
 
 __all__ = ["PretrainRecipe", "PretrainReport", "evaluate_mlm", "mlm_loss", "pretrain"]
 
@@ -42,36 +43,57 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PretrainRecipe:
-    """How to pretrain: AdamW (β = 0.9, 0.999, ε = 1e-6, weight decay 0.01 off biases and
-    norms), linear warm-up then cosine decay to zero, gradient clipping at 1."""
+class PretrainRecipe(Recipe[BertConfig]):
+    """How to pretrain (:class:`~qkv.train.recipe.Recipe`): ``model`` a
+    :class:`BertConfig` whose ``vocab_size`` is the size the WordPiece vocabulary is
+    trained to (the trained vocabulary's real size replaces it), ``train`` the
+    engine's settings, and the batches' shape. :meth:`create` builds one from a few
+    numbers."""
 
-    preset: str = "mini"  # a BertConfig preset; attention_dropout 0.0 for the fused kernel
-    vocab_size: int = 8192  # of a WordPiece vocabulary trained on the train text
-    max_steps: int = 2000
     batch_size: int = 32  # sequences of max_length packed tokens
     max_length: int = 128
-    lr: float = 5e-4
-    warmup_steps: int | None = None  # default 10% of max_steps
-    eval_every: int = 200  # held-out MLM loss and accuracy; 0: at the end only
     eval_sequences: int = 256  # held-out sequences, masked once with a fixed seed
 
-    def train_config(self, seed: int) -> TrainConfig:
-        warmup = self.warmup_steps if self.warmup_steps is not None else self.max_steps // 10
-        return TrainConfig(
-            max_steps=self.max_steps,
-            lr=self.lr,
+    @classmethod
+    def create(
+        cls,
+        preset: str = "mini",
+        *,
+        vocab_size: int = 8192,
+        max_steps: int = 2000,
+        batch_size: int = 32,
+        max_length: int = 128,
+        lr: float = 5e-4,
+        warmup_steps: int | None = None,
+        eval_every: int = 200,
+        eval_sequences: int = 256,
+    ) -> PretrainRecipe:
+        """A :class:`BertConfig` preset (``tiny``, ``mini``, ``small``, ``base``) without
+        attention dropout (it keeps the fused kernel while training) and BERT's
+        optimisation: AdamW (β = 0.9, 0.999, ε = 1e-6, weight decay 0.01 off biases and
+        norms), linear warm-up (default 10% of the steps) then cosine decay to zero,
+        gradient clipping at 1; held-out scores every ``eval_every`` steps (0: at the
+        end only), a checkpoint with each."""
+        presets = {"tiny": BertConfig.tiny, "mini": BertConfig.mini, "small": BertConfig.small,
+                   "base": BertConfig.base}  # fmt: skip
+        if preset not in presets:
+            raise ValueError(f"unknown BERT preset {preset!r}; choose from {sorted(presets)}")
+        warmup = warmup_steps if warmup_steps is not None else max_steps // 10
+        train = TrainConfig(
+            max_steps=max_steps,
+            lr=lr,
             betas=(0.9, 0.999),
             eps=1e-6,
             weight_decay=0.01,
             schedule="cosine",
             warmup_steps=max(1, warmup),
-            eval_every=self.eval_every,
-            checkpoint_every=self.eval_every if self.eval_every > 0 else self.max_steps,
+            eval_every=eval_every,
+            checkpoint_every=eval_every if eval_every > 0 else max_steps,
             keep_checkpoints=1,
-            log_every=min(10, self.max_steps),
-            seed=seed,
+            log_every=min(10, max_steps),
         )
+        model = presets[preset](vocab_size=vocab_size, attention_dropout=0.0)
+        return cls(preset, model, train, batch_size, max_length, eval_sequences)
 
 
 @dataclass
@@ -86,11 +108,16 @@ class PretrainReport:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def mlm_loss(model: nn.Module, batch: MLMBatch) -> tuple[Tensor, int]:
+def mlm_loss(model: nn.Module, batch: MLMBatch) -> tuple[Tensor, Tensor]:
     """Summed cross-entropy over the masked positions, and their number ``n``."""
-    out = model(batch.input_ids, batch.attention_mask, masked_positions=batch.masked_positions)
-    targets = batch.labels[batch.masked_positions]  # (n,)
-    return F.cross_entropy(out.logits, targets, reduction="sum"), len(targets)
+    return summed(
+        model(
+            batch.input_ids,
+            batch.attention_mask,
+            labels=batch.labels,
+            masked_positions=batch.masked_positions,
+        )
+    )
 
 
 @torch.inference_mode()
@@ -99,11 +126,17 @@ def evaluate_mlm(model: nn.Module, batches: Sequence[MLMBatch]) -> dict[str, flo
     device, total, correct, count = model_device(model), 0.0, 0, 0
     for batch in batches:
         batch = batch.to(device)
-        out = model(batch.input_ids, batch.attention_mask, masked_positions=batch.masked_positions)
+        out = model(
+            batch.input_ids,
+            batch.attention_mask,
+            labels=batch.labels,
+            masked_positions=batch.masked_positions,
+        )
+        loss_sum, n = summed(out)
         targets = batch.labels[batch.masked_positions]  # (n,)
-        total += float(F.cross_entropy(out.logits, targets, reduction="sum"))  # out.logits (n, V)
-        correct += int((out.logits.argmax(-1) == targets).sum())
-        count += len(targets)
+        total += float(loss_sum)
+        correct += int((out.logits.argmax(-1) == targets).sum())  # out.logits (n, V)
+        count += int(n)
     return {"mlm_loss": total / max(count, 1), "mlm_accuracy": correct / max(count, 1)}
 
 
@@ -121,11 +154,10 @@ def _held_out_batches(
 
 def pretrain(
     run_dir: str | Path,
-    recipe: PretrainRecipe = PretrainRecipe(),
+    recipe: PretrainRecipe | None = None,
     *,
     tokenizer: str | Path | None = None,
     max_documents: int | None = None,
-    model_overrides: dict[str, Any] | None = None,
     resume: bool = False,
     seed: int = 0,
     device: str | None = None,
@@ -134,11 +166,12 @@ def pretrain(
     """Pretrain a BERT from scratch on the masked-LM task into ``run_dir``.
 
     Args:
-        recipe: sizes and optimisation, :class:`PretrainRecipe`.
+        recipe: the model, its optimisation and the batches, :class:`PretrainRecipe`
+            (default: :meth:`PretrainRecipe.create`'s)
+            (``recipe.override({"model.num_layers": 2})`` changes one field).
         tokenizer: a checkpoint folder or tokenizer file to take the vocabulary from;
             default: train a WordPiece vocabulary on the train text.
         max_documents: use only that many train and held-out documents (tests).
-        model_overrides: more :class:`BertConfig` fields (``num_layers``, dropouts).
         resume: continue from the last checkpoint in ``run_dir``, with its vocabulary.
 
     The engine's checkpoints and ``metrics.csv`` go to ``run_dir``; the model, Hugging
@@ -146,6 +179,7 @@ def pretrain(
     figures before and after (``metrics.csv`` has the ones between) to
     ``run_dir/results.json``.
     """
+    recipe = recipe or PretrainRecipe.create()
     run_dir = Path(run_dir)
     model_dir = run_dir / MODEL_DIR
     text = load_mlm_text()
@@ -156,7 +190,7 @@ def pretrain(
     elif tokenizer is not None:
         tok = WordPieceTokenizer.from_pretrained(checkpoint_dir(tokenizer))
     else:
-        tok = WordPieceTokenizer.train(train_docs, vocab_size=recipe.vocab_size)
+        tok = WordPieceTokenizer.train(train_docs, vocab_size=recipe.model.vocab_size)
     tok.save(model_dir, model_max_length=recipe.max_length)
 
     def packed(docs: Sequence[str]) -> list[list[int]]:
@@ -176,13 +210,12 @@ def pretrain(
         for i in range(0, len(order) - size + 1, size):  # full batches only
             yield collate([train_seqs[j] for j in order[i : i + size]], generator)
 
-    overrides = {"vocab_size": tok.vocab_size, "pad_id": tok.pad_id, "attention_dropout": 0.0}
-    config = getattr(BertConfig, recipe.preset)(**overrides | (model_overrides or {}))
+    config = replace(recipe.model, vocab_size=tok.vocab_size, pad_id=tok.pad_id)
     torch.manual_seed(seed)
     model = BertForMaskedLM(config)
     logger.info(
         "BERT %s: %d parameters; %d train sequences of %d tokens",
-        recipe.preset,
+        recipe.name,
         sum(p.numel() for p in model.parameters()),
         len(train_seqs),
         recipe.max_length,
@@ -190,14 +223,14 @@ def pretrain(
     initial = {} if resume else evaluate_mlm(model, eval_batches)
     trainer = Trainer(
         model,
-        recipe.train_config(seed),
+        replace(recipe.train, seed=seed),
         run_dir,
         batches=batches,
-        loss_fn=mlm_loss,  # type: ignore[arg-type]
+        loss_fn=mlm_loss,
         evaluate=lambda m: evaluate_mlm(m, eval_batches),
-        meta={"family": "bert-mlm", "model_config": config.to_dict(), "recipe": asdict(recipe)},
+        meta={"family": "bert-mlm", "model_config": config.to_dict(), "recipe": recipe.to_dict()},
         device=device,
-        parameter_groups=parameter_groups(model, 0.01),
+        parameter_groups=parameter_groups(model, recipe.train.weight_decay),
         progress=progress,
     )
     start = time.perf_counter()
@@ -207,6 +240,6 @@ def pretrain(
     final = evaluate_mlm(model.eval(), eval_batches)
     report = PretrainReport(model_dir, initial, final, result.step, seconds, result.history)
     results = {k: v for k, v in asdict(report).items() if k != "history"}
-    results |= {"model_dir": str(model_dir), "recipe": asdict(recipe)}
+    results |= {"model_dir": str(model_dir), "recipe": recipe.to_dict()}
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return report

@@ -1,0 +1,161 @@
+"""What every converter shares: one shape, one name-map mechanism, one error.
+
+A converter module (``qkv.convert.bert``, ``qkv.convert.vit``) has the same four
+parts:
+
+- ``from_pretrained(directory) -> model``: reads ``config.json`` and the weights of a
+  Hugging Face checkpoint folder (:func:`read_config`, :func:`read_weights`);
+- ``save_pretrained(model, directory)``: writes the same layout back
+  (:func:`write_pretrained`), which ``transformers`` opens;
+- ``config_from_hf`` / ``config_to_hf``: ``config.json`` to the qkv configuration
+  and back;
+- a :class:`NameMap`: Hugging Face parameter name -> qkv parameter name, with
+  ``{i}`` standing for a layer index, run forwards to load and backwards to save.
+
+Whatever does not fit is refused before anything is loaded, every problem listed in
+one :class:`CheckpointError` (:func:`state_problems`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from qkv.fileio import atomic_write, write_text_atomic
+
+__all__ = [
+    "CheckpointError",
+    "NameMap",
+    "read_config",
+    "read_weights",
+    "state_problems",
+    "write_pretrained",
+]
+
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit a qkv model; the message lists every problem."""
+
+
+class NameMap:
+    """Hugging Face name -> qkv name, given as templates in which ``{i}`` stands for a
+    layer index (``"vit.layers.{i}.mlp.fc1.weight": "encoder.layers.{i}.feed_forward.
+    linear1.weight"``); :meth:`expand` writes out the names of a model with
+    ``num_layers`` layers."""
+
+    def __init__(self, templates: Mapping[str, str]) -> None:
+        for hf, qkv in templates.items():
+            if ("{i}" in hf) != ("{i}" in qkv):
+                raise ValueError(f"template {hf!r} -> {qkv!r}: {{i}} on one side only")
+        self.templates = dict(templates)
+
+    def expand(self, num_layers: int) -> dict[str, str]:
+        names: dict[str, str] = {}
+        for hf, qkv in self.templates.items():
+            if "{i}" in hf:
+                for i in range(num_layers):
+                    names[hf.replace("{i}", str(i))] = qkv.replace("{i}", str(i))
+            else:
+                names[hf] = qkv
+        return names
+
+    def qkv_name(self, hf_name: str) -> str | None:
+        """The qkv name of one Hugging Face name, whatever the layer index; ``None``
+        when the map does not know it."""
+        for hf, qkv in self.templates.items():
+            if "{i}" not in hf:
+                if hf == hf_name:
+                    return qkv
+                continue
+            pattern = re.escape(hf).replace(re.escape("{i}"), r"(\d+)")
+            match = re.fullmatch(pattern, hf_name)
+            if match:
+                return qkv.replace("{i}", match.group(1))
+        return None
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """``config.json`` of a checkpoint folder, with the file named in every error."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return values
+
+
+def read_weights(directory: str | Path) -> dict[str, Tensor]:
+    """The tensors of a checkpoint folder: ``model.safetensors``, a sharded
+    ``model.safetensors.index.json``, or ``pytorch_model.bin`` (read with
+    ``weights_only=True``: a pickle can run code, this refuses anything but tensors)."""
+    from safetensors.torch import load_file
+
+    path = Path(directory)
+    if (path / "model.safetensors").is_file():
+        return load_file(path / "model.safetensors")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(path / shard).items()}
+    if (path / "pytorch_model.bin").is_file():
+        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(
+        f"no weights in {path}: expected model.safetensors, model.safetensors.index.json "
+        "or pytorch_model.bin"
+    )
+
+
+def state_problems(
+    state: Mapping[str, Tensor],
+    expected: Mapping[str, Tensor],
+    hf_names: Mapping[str, str] | None = None,
+) -> list[str]:
+    """What keeps ``state`` (qkv names) from loading into a model whose state dict is
+    ``expected``: missing keys, keys it does not have, shapes that differ. Keys are
+    reported by their Hugging Face name when ``hf_names`` (qkv -> HF) knows it."""
+
+    def named(key: str) -> str:
+        return hf_names.get(key, key) if hf_names else key
+
+    problems = []
+    missing = sorted(named(k) for k in expected if k not in state)
+    extra = sorted(named(k) for k in state if k not in expected)
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if extra:
+        problems.append(f"keys the model does not have {extra}")
+    mismatched = sorted(
+        f"{named(k)}: checkpoint {tuple(t.shape)}, model {tuple(expected[k].shape)}"
+        for k, t in state.items()
+        if k in expected and t.shape != expected[k].shape
+    )
+    if mismatched:
+        problems.append(f"shape mismatches [{'; '.join(mismatched)}]")
+    return problems
+
+
+def write_pretrained(
+    directory: str | Path, tensors: Mapping[str, Tensor], config: Mapping[str, Any]
+) -> None:
+    """``model.safetensors`` and ``config.json`` into ``directory``, each written
+    atomically (a crash never leaves a half-written file under the real name)."""
+    from safetensors.torch import save_file
+
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    plain = {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
+    with atomic_write(path / "model.safetensors") as tmp:
+        save_file(plain, str(tmp), metadata={"format": "pt"})
+    write_text_atomic(path / CONFIG_FILE, json.dumps(dict(config), indent=2) + "\n")

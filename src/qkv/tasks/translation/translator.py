@@ -1,0 +1,144 @@
+"""A trained translator: load it, translate with it, score it.
+
+A run directory of :func:`qkv.tasks.translation.train_translator` holds
+``tokenizer.json`` and ``checkpoints/step-*/`` (weights and, in ``meta.json``, the
+model configuration and the recipe): everything :func:`load_translator` needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sacrebleu
+import torch
+
+from qkv.data.bpe import BOS_ID, EOS_ID, PAD_ID, TranslationTokenizer
+from qkv.data.translation import ParallelCorpus
+from qkv.decoding import beam_search, greedy_decode
+from qkv.models.transformer import Transformer, TransformerConfig
+from qkv.train import load_weights
+from qkv.train.checkpoint import average_checkpoints, list_checkpoints, resolve_checkpoint
+
+__all__ = ["FAMILY", "Translator", "evaluate_test", "load_translator", "score"]
+
+FAMILY = "transformer-translation"
+
+
+@dataclass
+class Translator:
+    """A trained model with its tokenizer, ready to translate."""
+
+    model: Transformer
+    tokenizer: TranslationTokenizer
+    direction: str = "de-en"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.inference_mode()
+    def translate(
+        self,
+        sentences: Sequence[str],
+        *,
+        beam_size: int = 4,
+        length_penalty: float = 0.6,
+        batch_size: int = 64,
+    ) -> list[str]:
+        """Translate sentences (greedy when ``beam_size == 1``), in batches of
+        similar length; the output order is the input order."""
+        self.model.eval()
+        encoded = [
+            self.tokenizer.source.encode(s, add_eos=True)[: self.model.config.max_len]
+            for s in sentences
+        ]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        outputs: list[str] = [""] * len(encoded)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            width = max(len(encoded[i]) for i in chunk)
+            src = torch.full((len(chunk), width), PAD_ID, dtype=torch.long)
+            for row, i in enumerate(chunk):
+                src[row, : len(encoded[i])] = torch.tensor(encoded[i])
+            src = src.to(self.device)
+            if beam_size == 1:
+                result = greedy_decode(self.model, src, bos_id=BOS_ID, eos_id=EOS_ID)
+            else:
+                result = beam_search(
+                    self.model,
+                    src,
+                    bos_id=BOS_ID,
+                    eos_id=EOS_ID,
+                    beam_size=beam_size,
+                    length_penalty=length_penalty,
+                )
+            for i, tokens in zip(chunk, result.tokens, strict=True):
+                outputs[i] = self.tokenizer.target.decode(tokens)
+        return outputs
+
+
+def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    """Corpus BLEU and chrF on detokenized text, with sacreBLEU's signatures."""
+    bleu = sacrebleu.metrics.BLEU()
+    chrf = sacrebleu.metrics.CHRF()
+    bleu_result = bleu.corpus_score(list(hypotheses), [list(references)])
+    chrf_result = chrf.corpus_score(list(hypotheses), [list(references)])
+    return {
+        "bleu": bleu_result.score,
+        "chrf": chrf_result.score,
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+    }
+
+
+def load_translator(
+    path: str | Path, *, average_last: int | None = None, device: str | torch.device = "cpu"
+) -> Translator:
+    """Load a translator from a run directory (its latest checkpoint) or a checkpoint.
+
+    ``average_last > 1`` averages the weights of the run's last N checkpoints (up to
+    the one asked for); ``None`` takes the number the run's preset recommends.
+    """
+    found = resolve_checkpoint(path)
+    checkpoint, meta = found.path, found.meta
+    run_dir = checkpoint.parent.parent  # RUN/checkpoints/step-N
+    if meta.get("family") != FAMILY:
+        raise ValueError(f"{checkpoint} holds a {meta.get('family')!r} model, not a translator")
+    if average_last is None:
+        average_last = int(meta.get("preset", {}).get("average_last", 1))
+    if average_last < 1:
+        raise ValueError(f"average_last must be at least 1, got {average_last}")
+    model = Transformer(TransformerConfig.from_dict(meta["model_config"]))
+    if average_last > 1:
+        paths = [c.path for c in list_checkpoints(run_dir) if c.step <= meta["step"]]
+        averaged = average_checkpoints(paths[-average_last:])
+        model.load_state_dict(averaged, strict=False)
+        # Tied weights are stored once; every parameter must still have been loaded.
+        loaded = {model.get_parameter(n).data_ptr() for n in averaged if "." in n}
+        missing = [n for n, p in model.named_parameters() if p.data_ptr() not in loaded]
+        if missing:
+            raise ValueError(f"averaged checkpoints lack {missing}")
+    else:
+        load_weights(model, checkpoint)
+    tokenizer = TranslationTokenizer.load(run_dir)
+    return Translator(model.to(device).eval(), tokenizer, meta.get("direction", "de-en"))
+
+
+def evaluate_test(
+    translator: Translator,
+    corpus: ParallelCorpus,
+    *,
+    beam_size: int = 4,
+    length_penalty: float = 0.6,
+    limit: int | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """BLEU and chrF of ``translator`` on the test split; returns the scores and the
+    hypotheses."""
+    pairs = list(corpus.test[:limit] if limit else corpus.test)
+    hypotheses = translator.translate(
+        [s for s, _ in pairs], beam_size=beam_size, length_penalty=length_penalty
+    )
+    return score(hypotheses, [t for _, t in pairs]), hypotheses

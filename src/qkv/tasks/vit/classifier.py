@@ -1,0 +1,161 @@
+"""A trained ViT classifier: load it, classify images, score it.
+
+A run directory of :func:`qkv.tasks.vit.train_vit` keeps, in each checkpoint's
+``meta.json``, the model configuration, the normalisation in pixel units, the largest
+pixel value and the class names: all that :func:`load_classifier` needs.
+
+Notation: b batch, c channels, H×W image size, K classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qkv.data.images import ImageSet, image_batches, normalize
+from qkv.models.vit import ViT, ViTConfig
+from qkv.train import load_weights
+from qkv.train.checkpoint import resolve_checkpoint
+
+__all__ = [
+    "FAMILY",
+    "Classifier",
+    "Prediction",
+    "evaluate_accuracy",
+    "load_classifier",
+    "predict_probabilities",
+]
+
+FAMILY = "vit-classifier"
+
+
+def predict_probabilities(model: nn.Module, pixels: Tensor, *, flip: bool = False) -> Tensor:
+    """Class probabilities of normalised images; with ``flip``, the mean of those of the
+    image and of its mirror image (test-time augmentation for a model trained on flips).
+
+    Shape: ``(b, c, H, W)`` -> ``(b, K)``.
+    """
+    probs = model(pixels).logits.float().softmax(dim=-1)  # (b, K)
+    if flip:
+        probs = (probs + model(pixels.flip(-1)).logits.float().softmax(dim=-1)) / 2
+    return probs
+
+
+@torch.inference_mode()
+def evaluate_accuracy(
+    model: nn.Module,
+    images: ImageSet,
+    mean: Tensor,
+    std: Tensor,
+    *,
+    flip: bool = False,
+    batch_size: int = 500,
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``images`` (raw pixels); ``flip``
+    as in :func:`predict_probabilities`."""
+    device = next(model.parameters()).device
+    model.eval()
+    correct, loss = 0, 0.0
+    for pixels, labels in image_batches(images, batch_size, mean=mean, std=std, shuffle=False):
+        probs = predict_probabilities(model, pixels.to(device), flip=flip)  # (b, K)
+        labels = labels.to(device)
+        loss += float(F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum"))
+        correct += int((probs.argmax(dim=-1) == labels).sum())
+    return {"accuracy": correct / len(images), "loss": loss / len(images)}
+
+
+@dataclass
+class Prediction:
+    """The ``top_k`` classes of one image, most probable first."""
+
+    labels: list[str]
+    probabilities: list[float]
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+
+@dataclass
+class Classifier:
+    """A trained ViT with what it needs to read new images: the normalisation (pixel
+    units), the largest pixel value of its training images, the class names."""
+
+    model: ViT
+    mean: Tensor  # (c,)
+    std: Tensor  # (c,)
+    max_value: float
+    classes: list[str]
+    dataset: str | None = None
+    test_flip: bool = False  # average over each image and its mirror image
+
+    @property
+    def config(self) -> ViTConfig:
+        return self.model.config
+
+    @torch.inference_mode()
+    def probabilities(self, images: Tensor, *, batch_size: int = 500) -> Tensor:
+        """Class probabilities of raw images (pixel values in ``[0, max_value]``), in
+        batches of ``batch_size``.
+
+        Shape: ``(b, c, H, W)`` or ``(c, H, W)`` -> ``(b, K)`` or ``(K,)``.
+        """
+        if images.dim() == 3:
+            return self.probabilities(images[None])[0]
+        self.model.patch_embedding.check_images(images.float())
+        device = next(self.model.parameters()).device
+        model = self.model.eval()
+        probs = [
+            predict_probabilities(
+                model, normalize(chunk, self.mean, self.std).to(device), flip=self.test_flip
+            )
+            for chunk in images.split(batch_size)
+        ]  # each (chunk, K)
+        return torch.cat(probs).cpu()  # (b, K)
+
+    def classify(self, images: Tensor, top_k: int = 5) -> list[Prediction]:
+        """The ``top_k`` classes of each image, with their probabilities.
+
+        Shape: images ``(b, c, H, W)`` or ``(c, H, W)``, raw pixels.
+        """
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        probs = self.probabilities(images)
+        probs = probs[None] if probs.dim() == 1 else probs  # (b, K)
+        values, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)  # (b, k), (b, k)
+        return [
+            Prediction([self.classes[i] for i in row.tolist()], p.tolist())
+            for p, row in zip(values, indices, strict=True)
+        ]
+
+    def accuracy(self, images: ImageSet) -> float:
+        return evaluate_accuracy(self.model, images, self.mean, self.std, flip=self.test_flip)[
+            "accuracy"
+        ]
+
+
+def load_classifier(path: str | Path, *, device: str | torch.device = "cpu") -> Classifier:
+    """Load a classifier from a run directory (its latest checkpoint) or a checkpoint."""
+    checkpoint = resolve_checkpoint(path)
+    meta = checkpoint.meta
+    if "vit" not in str(meta.get("family", "")):
+        raise ValueError(f"{checkpoint.path} holds a {meta.get('family')!r} model, not a ViT")
+    missing = [k for k in ("model_config", "normalization", "classes") if k not in meta]
+    if missing:
+        raise ValueError(f"{checkpoint.path}/meta.json lacks {missing}")
+    model = ViT(ViTConfig.from_dict(meta["model_config"]))
+    load_weights(model, checkpoint.path)
+    norm = meta["normalization"]
+    return Classifier(
+        model.to(device).eval(),
+        torch.tensor(norm["mean"], dtype=torch.float32),
+        torch.tensor(norm["std"], dtype=torch.float32),
+        float(meta.get("max_value", 255)),
+        list(meta["classes"]),
+        meta.get("dataset"),
+        bool(meta.get("test_flip", False)),
+    )

@@ -1,0 +1,173 @@
+"""Image classification with qkv's ViT: train on Fashion-MNIST (or the 8×8 digits), evaluate,
+classify.
+
+The pieces: the image sets, normalisation and augmentation of :mod:`qkv.data.images`,
+the ViT of :mod:`qkv.models.vit`, and the shared training engine (:mod:`qkv.train`):
+AdamW without weight decay on norms, biases, class token and position embeddings,
+linear warm-up then cosine decay, label smoothing, checkpoints and resume.
+
+A validation split is held out of the training images (the same one on every run)
+and scored during training; the test split is scored once, at the end. A run
+directory holds ``checkpoints/step-*/`` (weights, and in ``meta.json`` the model
+configuration, the normalisation in pixel units, the largest pixel value and the
+class names: all that ``qkv attention`` and :func:`load_classifier` need),
+``metrics.csv``, ``loss_curves.png`` and ``report.json`` (test accuracy, accuracy
+against training time).
+
+Notation: n images, b batch, c channels, H×W image size, K classes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from qkv.data.images import RandomCropFlip, image_batches, normalization_stats
+from qkv.losses import summed
+from qkv.models.vit import ViT
+from qkv.tasks.vit.classifier import FAMILY, evaluate_accuracy
+from qkv.tasks.vit.data import load_images, split_valid, subset
+from qkv.tasks.vit.presets import PRESETS, ViTPreset
+from qkv.train import Trainer
+from qkv.train.optim import parameter_groups
+
+__all__ = ["TrainReport", "train_vit"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainReport:
+    """What a training run gives: the test accuracy at the end, and the validation
+    accuracy against training time (``curve`` rows: step, seconds, accuracy, loss)."""
+
+    run_dir: Path
+    steps: int
+    seconds: float  # training, validation included, test excluded (this process only)
+    test_accuracy: float
+    valid_accuracy: float
+    curve: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "run_dir": str(self.run_dir)}
+
+
+def train_vit(
+    run_dir: str | Path,
+    preset: str | ViTPreset = "fashion",
+    *,
+    resume: bool = False,
+    max_steps: int | None = None,
+    batch_size: int | None = None,
+    limit: int | None = None,
+    data_dir: str | Path | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> TrainReport | None:
+    """Train a ViT classifier into ``run_dir`` and score it on the test split.
+
+    ``limit`` keeps only the first ``limit`` training and test images (smoke tests;
+    the validation split is then at most a fifth of them). ``resume`` continues from
+    the run's last checkpoint. ``max_steps`` and ``batch_size`` override the preset's.
+
+    Under ``torchrun --nproc_per_node N`` each process takes its own batch of
+    ``batch_size`` images a step (N × ``batch_size`` in all); the main process scores
+    and writes ``report.json`` and returns the report, the others return ``None``.
+    """
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        preset = PRESETS[preset]
+    preset = preset.override({"train.seed": seed})
+    if max_steps is not None:
+        preset = preset.override({"train.max_steps": max_steps})
+    if batch_size is not None:
+        preset = preset.override({"batch_size": batch_size})
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_set = load_images(preset.dataset, "train", data_dir=data_dir)
+    test_set = load_images(preset.dataset, "test", data_dir=data_dir)
+    if limit is not None:
+        train_set = subset(train_set, torch.arange(min(limit, len(train_set))))
+        test_set = subset(test_set, torch.arange(min(limit, len(test_set))))
+    train_set, valid_set = split_valid(train_set, min(preset.valid_size, len(train_set) // 5))
+    mean, std = normalization_stats(train_set.images)  # (c,), (c,) in pixel units
+    logger.info(
+        "%s: %d train, %d valid, %d test images; mean %s, std %s",
+        preset.dataset, len(train_set), len(valid_set), len(test_set),
+        mean.tolist(), std.tolist(),
+    )  # fmt: skip
+
+    torch.manual_seed(seed)
+    config = preset.model
+    model = ViT(config)
+    augment = (
+        RandomCropFlip(padding=preset.crop_padding, flip_p=preset.flip_p)
+        if preset.augment
+        else None
+    )
+
+    def batches(epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        return image_batches(
+            train_set, preset.batch_size, mean=mean, std=std, epoch=epoch, seed=seed,
+            augment=augment,
+        )  # fmt: skip
+
+    curve: list[dict[str, float]] = []
+    start = time.perf_counter()
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        values = evaluate_accuracy(model, valid_set, mean, std, flip=preset.test_flip)
+        seconds = time.perf_counter() - start
+        curve.append({"step": trainer.step, "seconds": seconds, **values})
+        return {**values, "seconds": seconds}
+
+    def loss_fn(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        pixels, labels = batch
+        return summed(model(pixels, labels=labels, label_smoothing=preset.label_smoothing))
+
+    trainer = Trainer(
+        model,
+        preset.train,
+        run_dir,
+        batches=batches,
+        loss_fn=loss_fn,
+        evaluate=evaluate,
+        meta={
+            "family": FAMILY,
+            "model_config": config.to_dict(),
+            # What qkv attention and load_classifier read to feed the model new images.
+            "normalization": {"mean": mean.tolist(), "std": std.tolist()},
+            "max_value": train_set.max_value,
+            "classes": list(train_set.classes),
+            "dataset": preset.dataset,
+            "test_flip": preset.test_flip,
+            "preset": preset.to_dict(),
+        },
+        device=device,
+        parameter_groups=parameter_groups(model, preset.train.weight_decay),
+        progress=progress,
+    )
+    result = trainer.fit(resume=resume)
+    seconds = time.perf_counter() - start
+    if not trainer.context.is_main:
+        return None
+    valid = (
+        curve[-1]["accuracy"]
+        if curve
+        else evaluate_accuracy(model, valid_set, mean, std, flip=preset.test_flip)["accuracy"]
+    )
+    test = evaluate_accuracy(model, test_set, mean, std, flip=preset.test_flip)["accuracy"]
+    logger.info("test accuracy %.2f%% after %d steps, %.0f s", 100 * test, result.step, seconds)
+    report = TrainReport(run_dir, result.step, seconds, test, valid, curve)
+    (run_dir / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
+    return report

@@ -1,0 +1,82 @@
+"""A recipe: everything a preset fixes, as one object.
+
+A recipe holds the model's configuration (``model``), the engine's
+:class:`~qkv.train.TrainConfig` (``train``) and the few fields that belong to the job
+alone (batch size, label smoothing, augmentation, …): no field is a copy of one of
+the other two. The three families' presets (translation, BERT pretraining and
+fine-tuning, ViT) are recipes; a command-line option or a benchmark's
+``--set train.lr=3e-4`` changes one field with :meth:`Recipe.override`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Self, TypeVar
+
+from qkv.train.engine import TrainConfig
+
+__all__ = ["Recipe", "field_type"]
+
+ModelConfig = TypeVar("ModelConfig")
+
+
+@dataclass(frozen=True)
+class Recipe(Generic[ModelConfig]):
+    """``name``; ``model``: a model configuration, or a dict of overrides of the
+    configuration of a checkpoint that is read later (fine-tuning); ``train``: a
+    :class:`TrainConfig`."""
+
+    name: str
+    model: ModelConfig
+    train: TrainConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, nested configurations as dicts (saved in a run's meta.json)."""
+        return dataclasses.asdict(self)
+
+    def override(self, changes: Mapping[str, Any]) -> Self:
+        """A copy with fields changed: ``"max_tokens"`` (the recipe's own),
+        ``"train.lr"``, ``"model.dropout"``. Unknown names raise ``ValueError``; the
+        configurations check the new values as always."""
+        own: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in changes.items():
+            part, _, name = key.rpartition(".")
+            holder = getattr(self, part) if part else self
+            known = part == "model" and isinstance(holder, dict)  # any override of a config
+            if part not in ("", "model", "train") or not (known or name in _field_names(holder)):
+                raise ValueError(f"unknown recipe field {key!r}; known: {self.field_names()}")
+            if part:
+                nested.setdefault(part, {})[name] = value
+            else:
+                own[name] = value
+        for part, values in nested.items():
+            current = getattr(self, part)
+            if isinstance(current, dict):  # overrides of a configuration read later
+                own[part] = {**current, **values}
+            else:
+                own[part] = dataclasses.replace(current, **values)
+        return dataclasses.replace(self, **own)
+
+    def field_names(self) -> list[str]:
+        """Every name :meth:`override` takes."""
+        names = [n for n in _field_names(self) if n not in ("model", "train")]
+        for part in ("model", "train"):
+            names += [f"{part}.{n}" for n in _field_names(getattr(self, part))]
+        return names
+
+
+def _field_names(obj: Any) -> list[str]:
+    return list(obj) if isinstance(obj, dict) else [f.name for f in dataclasses.fields(obj)]
+
+
+def field_type(recipe: Recipe[Any], key: str) -> Any:
+    """The declared type of field ``key`` (as :meth:`Recipe.override` names it)."""
+    part, _, name = key.rpartition(".")
+    holder = getattr(recipe, part) if part else recipe
+    if name not in _field_names(holder):
+        raise ValueError(f"unknown recipe field {key!r}; known: {recipe.field_names()}")
+    return typing.get_type_hints(type(holder))[name]

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 extras=""
 if [[ "${1:-}" == "--test" ]]; then extras="[test]"; fi
 
-# Real data ships in Debian packages (see ../shared/DATA.md): the German-English
+# Real data ships in Debian packages, not in this repository: the German-English
 # dictionary and Fashion-MNIST. Loaders also take explicit paths where apt is absent.
 apt_packages=(trans-de-en dataset-fashion-mnist)
 # Headless Chromium opens the attention page in the tests (--test only).

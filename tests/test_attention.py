@@ -1,4 +1,7 @@
-"""scaled_dot_product_attention, the seed 000 Attention module, and the seed 001 example."""
+"""scaled_dot_product_attention, the ``Attn(X, X')`` Attention module, and the worked example.
+
+docs/concepts.md#attention-between-two-sequences and #self-attention-worked-example.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qkv import Attention, attention_scores, attention_weights, scaled_dot_product_attention
-from qkv.explain import seed001_attention, worked_example
+from qkv.explain import worked_example, worked_example_attention
 
-SEED001_X = torch.tensor([[1, 0, 1, 0], [0, 2, 0, 2], [1, 1, 1, 1]], dtype=torch.float32)
+WORKED_EXAMPLE_X = torch.tensor([[1, 0, 1, 0], [0, 2, 0, 2], [1, 1, 1, 1]], dtype=torch.float32)
 
 
-def test_seed001_scores_and_outputs_from_the_library_attention():
-    attention = seed001_attention(scale=1.0)
-    x = SEED001_X
+def test_worked_example_scores_and_outputs_from_the_library_attention():
+    attention = worked_example_attention(scale=1.0)
+    x = WORKED_EXAMPLE_X
     scores = attention_scores(attention.q_proj(x), attention.k_proj(x), scale=1.0)
     torch.testing.assert_close(
         scores, torch.tensor([[2.0, 4.0, 4.0], [4.0, 16.0, 12.0], [4.0, 12.0, 10.0]])
@@ -124,7 +127,7 @@ def test_gradcheck_float64_both_paths():
         )
 
 
-def test_seed000_cross_attention_one_context_per_decoder_input():
+def test_two_sequence_cross_attention_one_context_per_decoder_input():
     torch.manual_seed(0)
     attention = Attention(d_in=6, d_k=4, d_v=5, d_in_prime=3)
     encoder_states = torch.randn(2, 7, 6)  # h_1..h_m
@@ -173,7 +176,7 @@ def test_mask_errors():
     with pytest.raises(ValueError, match=r"\(3, 7\) does not broadcast to .*\(2, 3, 5, 7\)"):
         scaled_dot_product_attention(q, k, v, torch.ones(3, 7, dtype=torch.bool))
     with pytest.raises(ValueError, match="x must have width 4"):
-        seed001_attention()(torch.randn(3, 5))
+        worked_example_attention()(torch.randn(3, 5))
 
 
 def test_attention_weights_without_mask_is_softmax():

@@ -42,7 +42,7 @@ def encoder() -> SentenceEncoder:
 
 
 def test_mean_pooled_embedding_has_the_reference_norm(encoder):
-    # The figure of transformers.BertModel with these weights (shared/DATA.md).
+    # The figure transformers.BertModel gives with these weights (measured here).
     raw = encoder.encode(["The cat sat on the mat."], normalize=False)
     assert raw.shape == (1, 384)
     assert raw.norm().item() == pytest.approx(6.0215, abs=1e-3)

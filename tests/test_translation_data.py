@@ -93,7 +93,7 @@ def test_parse_line_aligns_sub_entries_and_skips_comments_and_misaligned_lines()
     assert parse_line("kein Trenner hier") == []
 
 
-def test_extract_pairs_keeps_sentences_by_the_data_md_rule():
+def test_extract_pairs_keeps_sentences_by_the_sentence_rule():
     lines = [
         "a | Das Haus ist alt. :: a | The house is old.",  # kept
         "b | Das Haus ist alt. :: b | The house is old.",  # duplicate: kept once
@@ -416,8 +416,8 @@ def corpus() -> ParallelCorpus:
 
 @needs_corpus
 def test_real_corpus_counts_and_known_pair(corpus):
-    # 18,110 with Debian's trans-de-en 1.9-6 (Ding, devel 2023-01-30); DATA.md says about
-    # 18,200. The range leaves room for another release of the dictionary.
+    # 18,110 with Debian's trans-de-en 1.9-6 (Ding, devel 2023-01-30); an earlier count gave
+    # about 18,200. The range leaves room for another release of the dictionary.
     assert 17_800 <= corpus.num_sentences <= 18_600
     assert 50_000 <= corpus.num_phrases <= 60_000
     n = corpus.num_sentences

@@ -1,6 +1,7 @@
 """ViT: parameter counts, patch embedding = strided convolution, parity with Hugging
-Face through the name map, position embeddings (learned, 2-D sin/cos, interpolated),
-every error message, the IDX loader and augmentation, and a tiny ViT that learns
+Face through the name map, checkpoint folders in and out (read and opened by
+``transformers``), position embeddings (learned, 2-D sin/cos, interpolated), every
+error message, the IDX loader and augmentation, and a tiny ViT that learns
 scikit-learn's digits.
 
 The Hugging Face oracle is ``transformers`` 5.23.0 (its ViT names differ from 4.x).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
 import math
 import struct
 
@@ -17,15 +19,23 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.testing import assert_close
 
 from qkv.convert.vit import (
+    HF_FILE_TO_QKV,
     HF_TO_QKV,
+    CheckpointError,
     config_from_hf,
+    config_to_hf,
     from_hf,
+    from_pretrained,
     hf_to_qkv_state_dict,
+    label_names,
     load_hf_state_dict,
+    read_image_processor,
+    save_pretrained,
 )
 from qkv.data.images import (
     FASHION_MNIST_CLASSES,
@@ -259,6 +269,173 @@ def test_loading_refuses_unknown_missing_and_misshapen_keys():
         load_hf_state_dict(model, wrong)
     for name, tensor in model.state_dict().items():  # untouched after a refusal
         assert torch.equal(tensor, before[name])
+
+
+# --- checkpoint folders ---------------------------------------------------------
+
+
+def noisy_vit(**overrides) -> ViT:
+    """A tiny qkv ViT in eval mode, noise on every tensor (the zero head and the 1/0
+    LayerNorms would hide a swapped or dropped tensor)."""
+    torch.manual_seed(1)
+    model = ViT(tiny_config(**overrides)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return model
+
+
+def test_save_pretrained_opens_in_transformers_with_equal_logits(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = noisy_vit()
+    save_pretrained(model, tmp_path, label_names=["a", "b", "c", "d", "e"])
+    hf, info = transformers.ViTForImageClassification.from_pretrained(
+        tmp_path, output_loading_info=True
+    )
+    assert not any(info.values()), info  # no missing, unexpected or misshapen keys
+    images = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        assert_close(hf.eval()(images).logits, model(images).logits, **TOL)
+    assert hf.config.id2label == dict(enumerate("abcde"))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["ViTForImageClassification"]
+    assert (config["model_type"], config["hidden_act"], config["qkv_bias"]) == ("vit", "gelu", True)
+    assert config["layer_norm_eps"] == 1e-6 and config["label2id"]["e"] == 4
+    # The tensor names are those transformers itself writes to a file.
+    hf.save_pretrained(tmp_path / "by-transformers")
+    ours = load_file(tmp_path / "model.safetensors")
+    theirs = load_file(tmp_path / "by-transformers" / "model.safetensors")
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
+def test_a_sinusoidal_vit_saves_as_learned_positions_with_the_same_logits(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    model = noisy_vit(positional="sinusoidal")
+    save_pretrained(model, tmp_path)
+    hf = transformers.ViTForImageClassification.from_pretrained(tmp_path).eval()
+    again = from_pretrained(tmp_path).eval()
+    assert again.config.positional == "learned"
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert_close(hf(images).logits, model(images).logits, **TOL)
+        assert_close(again(images).logits, model(images).logits, rtol=0, atol=0)
+    assert label_names(tmp_path) == [f"LABEL_{i}" for i in range(5)]  # transformers' default
+    with pytest.raises(CheckpointError, match=r"representation_size is 16: .*no pre-logits"):
+        save_pretrained(ViT(tiny_config(representation_size=16)), tmp_path)
+    with pytest.raises(ValueError, match=r"2 label names for 5 classes"):
+        config_to_hf(model, ["x", "y"])
+
+
+def test_qkv_to_folder_to_qkv_is_exact(tmp_path):
+    model = noisy_vit(dropout=0.1, layer_norm_eps=1e-5, in_channels=1)
+    save_pretrained(model, tmp_path, label_names=list("vwxyz"))
+    again = from_pretrained(tmp_path)
+    assert again.config == model.config
+    assert again.training  # like a freshly built model
+    mine, theirs = model.state_dict(), again.state_dict()
+    assert mine.keys() == theirs.keys()
+    for name, tensor in mine.items():
+        assert torch.equal(tensor, theirs[name]), name
+    assert label_names(tmp_path) == list("vwxyz")
+    assert from_pretrained(tmp_path, dropout=0.0).config.dropout == 0.0  # an override
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic writes left nothing behind
+
+
+def test_from_pretrained_reads_a_folder_written_by_transformers(tmp_path):
+    hf = hf_model()
+    hf.save_pretrained(tmp_path / "files")
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = hf(images).logits
+        assert_close(from_pretrained(tmp_path / "files").eval()(images).logits, expected, **TOL)
+    # The in-memory names (transformers 5.x modules) in a file load too.
+    hf.config.save_pretrained(tmp_path / "modules")
+    state = {k: v.contiguous() for k, v in hf.state_dict().items()}
+    save_file(state, tmp_path / "modules" / "model.safetensors")
+    with torch.no_grad():
+        assert_close(from_pretrained(tmp_path / "modules").eval()(images).logits, expected, **TOL)
+    assert len(HF_FILE_TO_QKV) == len(HF_TO_QKV) == 24
+    assert set(HF_FILE_TO_QKV.values()) == set(HF_TO_QKV.values())
+
+
+def test_a_bad_folder_lists_a_wrong_shape_an_unknown_and_a_missing_key_at_once(tmp_path):
+    hf_model().save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["classifier.weight"] = torch.zeros(7, 32)
+    tensors["vit.pooler.dense.bias"] = torch.zeros(32)
+    del tensors["vit.encoder.layer.1.output.dense.bias"]
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError) as error:
+        from_pretrained(tmp_path)
+    message = str(error.value)
+    assert "have no qkv name" in message and "['vit.pooler.dense.bias']" in message
+    assert (
+        "missing qkv keys ['encoder.layers.1.feed_forward.linear2.bias'] "
+        "(Hugging Face names ['vit.encoder.layer.1.output.dense.bias'])"
+    ) in message
+    assert "classifier.weight -> head.weight: model (5, 32), given (7, 32)" in message
+    # A patch weight flattened already is not the (d, c, p, p) of a checkpoint.
+    del tensors["vit.pooler.dense.bias"]
+    tensors["vit.encoder.layer.1.output.dense.bias"] = torch.zeros(32)
+    tensors["classifier.weight"] = torch.zeros(5, 32)
+    patch = "vit.embeddings.patch_embeddings.projection.weight"
+    tensors[patch] = tensors[patch].reshape(32, -1)
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"model \(32, 3, 4, 4\), given \(32, 48\)"):
+        from_pretrained(tmp_path)
+
+
+def test_config_from_hf_takes_config_json_and_lists_every_problem(tmp_path):
+    hf = hf_model()
+    hf.config.save_pretrained(tmp_path)
+    from_file = json.loads((tmp_path / "config.json").read_text())
+    assert config_from_hf(from_file) == config_from_hf(hf.config)
+    assert config_from_hf({**from_file, "encoder_stride": 3}).num_classes == 5
+    assert config_from_hf({**from_file, "image_size": [16, 16]}).image_size == 16
+    bad = {**from_file, "hidden_act": "gelu_new", "qkv_bias": False, "patch_size": [4, 2]}
+    with pytest.raises(CheckpointError) as error:
+        config_from_hf(bad)
+    message = str(error.value)
+    assert "got hidden_act='gelu_new'" in message and "got qkv_bias=False" in message
+    assert "square patch_size, got patch_size=[4, 2]" in message
+    with pytest.raises(CheckpointError, match=r"model_type is 'deit', not 'vit'"):
+        config_from_hf({**from_file, "model_type": "deit"})
+    with pytest.raises(CheckpointError, match=r"patch_size \(5\) must divide image_size"):
+        config_from_hf({**from_file, "patch_size": 5})
+    (tmp_path / "config.json").write_text('{"model_type": "vit",')
+    with pytest.raises(CheckpointError, match=r"config\.json: not valid JSON"):
+        from_pretrained(tmp_path)
+
+
+def test_read_image_processor_gives_what_transformers_feeds_the_model(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    # The PIL processor: the default one needs torchvision, which qkv does not install.
+    processor_class = getattr(transformers, "ViTImageProcessorPil", transformers.ViTImageProcessor)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    processor = processor_class(image_mean=mean, image_std=std, size={"height": 16, "width": 16})
+    processor.save_pretrained(tmp_path)
+    found = read_image_processor(tmp_path)
+    assert (found["size"], found["resample"], found["do_normalize"]) == (16, 2, True)
+    assert_close(torch.tensor(found["mean"]), 255 * torch.tensor(mean), rtol=1e-6, atol=0)
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    expected = processor(images=pixels, do_resize=False, return_tensors="pt")["pixel_values"][0]
+    image = torch.tensor(pixels, dtype=torch.float32).permute(2, 0, 1)  # (c, H, W), 0-255
+    m, sd = (torch.tensor(found[k])[:, None, None] for k in ("mean", "std"))
+    ours = (image - m) / sd
+    assert_close(ours, expected, **TOL)
+
+    # Without normalisation only the rescaling remains; without the file, ViT's defaults.
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps({"do_normalize": False, "rescale_factor": 0.5, "size": {"height": 8}})
+    )
+    assert read_image_processor(tmp_path) == {
+        "mean": [0.0] * 3, "std": [2.0] * 3, "size": 8, "resample": 2, "do_normalize": False
+    }  # fmt: skip
+    (tmp_path / "preprocessor_config.json").unlink()
+    save_pretrained(noisy_vit(in_channels=1), tmp_path)
+    assert read_image_processor(tmp_path) == {
+        "mean": [127.5], "std": [127.5], "size": 16, "resample": 2, "do_normalize": True
+    }  # fmt: skip
 
 
 # --- the model ----------------------------------------------------------------

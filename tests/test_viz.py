@@ -305,7 +305,7 @@ def test_lines_view_draws_one_line_per_key_as_thick_as_its_weight(cross_map):
     assert bold == ["▁dog"]
 
 
-def test_worked_example_picture_shows_the_softmax_of_seed_001(tmp_path):
+def test_worked_example_picture_shows_the_softmax_of_the_worked_example(tmp_path):
     example = worked_example()
     figure = plot_worked_example(example)
     scores_ax, softmax_ax, _ = figure.axes
@@ -314,7 +314,7 @@ def test_worked_example_picture_shows_the_softmax_of_seed_001(tmp_path):
     )
     assert {"0.0634", "0.4683", "0.9820"} <= {t.get_text() for t in softmax_ax.texts}
     assert {"2", "16", "12"} <= {t.get_text() for t in scores_ax.texts}
-    assert save_figure(figure, tmp_path / "seed001.svg").stat().st_size > 1000
+    assert save_figure(figure, tmp_path / "worked-example.svg").stat().st_size > 1000
 
 
 def test_vit_overlay_per_head_mean_and_rollout():
@@ -349,8 +349,8 @@ def test_vit_overlay_per_head_mean_and_rollout():
 
 
 def test_explain_plot_writes_the_picture(tmp_path, capsys):
-    assert main(["explain", "--plot", str(tmp_path / "seed001.png")]) == 0
-    assert (tmp_path / "seed001.png").stat().st_size > 5000
+    assert main(["explain", "--plot", str(tmp_path / "worked-example.png")]) == 0
+    assert (tmp_path / "worked-example.png").stat().st_size > 5000
     assert "[1.9366, 6.6831, 1.5951]" in capsys.readouterr().out
 
 
@@ -428,7 +428,7 @@ def test_attention_command_on_a_vit_checkpoint(tmp_path, capsys):
     torch.manual_seed(0)
     config = ViTConfig.digits(patch_size=4)
     meta = {
-        "family": "vit",
+        "family": "vit-classifier",
         "model_config": config.to_dict(),
         "max_value": 16,
         "classes": [str(i) for i in range(10)],
@@ -445,7 +445,7 @@ def test_attention_command_on_a_vit_checkpoint(tmp_path, capsys):
 
 def test_attention_command_says_what_it_cannot_read(tmp_path, capsys):
     assert main(["attention", str(tmp_path), "text"]) == 2
-    assert "neither a Hugging Face folder" in capsys.readouterr().err
+    assert "neither a qkv checkpoint nor a run directory" in capsys.readouterr().err
 
 
 # --- the real all-MiniLM-L6-v2 ------------------------------------------------------------------

@@ -1,12 +1,12 @@
-"""Attention, as the source documents build it, and multi-head attention.
+"""Attention, as the tutorials build it (docs/concepts.md), and multi-head attention.
 
 - :func:`scaled_dot_product_attention`: ``softmax(Q Kᵀ · scale) V`` (Vaswani et al.
   2017, section 3.2.1). A fused path on ``torch.nn.functional.scaled_dot_product_attention``
   and a plain path that also returns the weights. The plain path is built from
   :func:`attention_scores` and :func:`attention_weights`, which ``qkv explain`` uses
   step by step.
-- :class:`Attention`: the single-head ``Attn(X, X')`` of seed 000, with learned
-  ``Wq``, ``Wk``, ``Wv``.
+- :class:`Attention`: the single-head ``Attn(X, X')`` of
+  docs/concepts.md#attention-between-two-sequences, with learned ``Wq``, ``Wk``, ``Wv``.
 - :class:`MultiHeadAttention`: section 3.2.2, self- and cross-attention, masks,
   per-head weights and a key/value cache for incremental decoding.
 
@@ -55,7 +55,8 @@ def attention_scores(query: Tensor, key: Tensor, scale: float | None = None) -> 
 
     The default scale ``1/sqrt(d_k)`` keeps the dot products at unit variance when
     query and key entries do, so the softmax does not saturate and its gradients do
-    not vanish (section 3.2.1). ``scale=1`` gives the plain dot product of seed 001.
+    not vanish (section 3.2.1; docs/concepts.md#scaled-dot-product-attention). ``scale=1``
+    gives the plain dot product of docs/concepts.md#self-attention-worked-example.
 
     Shape: query ``(..., q, d_k)``, key ``(..., k, d_k)`` -> ``(..., q, k)``.
     """
@@ -151,7 +152,7 @@ def scaled_dot_product_attention(
 
 
 class Attention(nn.Module):
-    """Single-head attention ``Attn(X, X')`` of seed 000.
+    """Single-head attention ``Attn(X, X')`` (docs/concepts.md#attention-between-two-sequences).
 
     Keys and values come from ``x`` (encoder states ``h_i``), queries from
     ``x_prime`` (decoder states ``s_j``): ``k_i = Wk h_i``, ``v_i = Wv h_i``,
@@ -159,7 +160,7 @@ class Attention(nn.Module):
     One context vector per decoder input. Called with ``x`` alone it is
     self-attention ``Attn(X, X)``.
 
-    The seed writes ``softmax(Kᵀ q_j)`` without a scale; pass ``scale=1.0`` for
+    The tutorial writes ``softmax(Kᵀ q_j)`` without a scale; pass ``scale=1.0`` for
     that, the default is the Transformer's ``1/sqrt(d_k)``.
 
     Args:
@@ -167,7 +168,7 @@ class Attention(nn.Module):
         d_k: width of queries and keys.
         d_v: width of values and contexts (default ``d_k``).
         d_in_prime: width of the decoder states ``x_prime`` (default ``d_in``).
-        bias: add biases to the projections (the seed has none).
+        bias: add biases to the projections (the tutorial has none).
         scale: score scale; ``None`` = ``1/sqrt(d_k)``.
     """
 

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from qkv.attention import Attention, attention_scores, attention_weights
 
-__all__ = ["WorkedExample", "seed001_attention", "worked_example"]
+__all__ = ["WorkedExample", "worked_example", "worked_example_attention"]
 
 # The document's inputs and weights (row vectors: keys = x @ w_key).
 X = [[1, 0, 1, 0], [0, 2, 0, 2], [1, 1, 1, 1]]
@@ -29,7 +29,7 @@ W_VALUE = [[0, 2, 0], [0, 3, 0], [1, 0, 3], [1, 1, 0]]
 DOCUMENT_SOFTMAX = [[0.0, 0.5, 0.5], [0.0, 1.0, 0.0], [0.0, 0.9, 0.1]]
 
 
-def seed001_attention(scale: float | None = 1.0) -> Attention:
+def worked_example_attention(scale: float | None = 1.0) -> Attention:
     """An :class:`Attention` holding the document's weights.
 
     ``nn.Linear`` computes ``x @ weight.T``, so each weight is the document's
@@ -72,7 +72,7 @@ class WorkedExample:
 def worked_example(scaled: bool = False) -> WorkedExample:
     """Compute the worked example with qkv's attention (unscaled unless ``scaled``)."""
     scale = 1.0 / math.sqrt(3) if scaled else 1.0
-    attention = seed001_attention(scale)
+    attention = worked_example_attention(scale)
     x = torch.tensor(X, dtype=torch.float32)
     keys, querys, values = attention.k_proj(x), attention.q_proj(x), attention.v_proj(x)
     scores = attention_scores(querys, keys, scale)  # (3 queries, 3 keys)
@@ -114,7 +114,7 @@ def render(example: WorkedExample) -> str:
     e = example
     scaled = e.scale != 1.0
     lines = [
-        "Self-attention, step by step (the worked example of seed 001)",
+        "Self-attention, step by step (the tutorials' worked example)",
         "",
         "1. Inputs: three 4-dimensional vectors, one per row of x",
         _fmt(e.x, 0),

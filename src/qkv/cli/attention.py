@@ -22,7 +22,6 @@ rollout. Without --out or --html the picture goes to attention.png.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +58,11 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--head", type=int, action="append", help="head to draw (repeat)")
     parser.add_argument("--mean", action="store_true", help="draw the mean over heads")
-    parser.add_argument("--lines", metavar="TOKEN", help="seed 004's lines view of TOKEN")
+    parser.add_argument(
+        "--lines",
+        metavar="TOKEN",
+        help="draw lines from TOKEN to every token, thick where it attends most",
+    )
     parser.add_argument(
         "--kind",
         choices=["all", "encoder", "decoder", "cross"],
@@ -76,44 +79,27 @@ def add_parser(subparsers: Any) -> None:
 # --- loading: what is PATH? --------------------------------------------------------------------
 
 
-def _checkpoint_meta(path: Path) -> tuple[Path, dict[str, Any]] | None:
-    from qkv.train.checkpoint import latest_checkpoint, read_meta
-
-    if (path / "meta.json").is_file():
-        return path, read_meta(path)
-    latest = latest_checkpoint(path)
-    return None if latest is None else (latest.path, latest.meta)
-
-
 def load(path: str | Path) -> Loaded:
-    """Recognise and load the model at ``path`` (see the command's help)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
-    if (path / "config.json").is_file():
-        model_type = json.loads((path / "config.json").read_text()).get("model_type")
-        if model_type == "bert":
-            return _load_bert(path)
-        if model_type == "vit":
-            return _load_hf_vit(path)
-        raise ValueError(f"{path}: Hugging Face model_type {model_type!r}; qkv draws bert and vit")
-    found = _checkpoint_meta(path) if path.is_dir() else None
-    if found is None:
-        raise ValueError(
-            f"{path} is neither a Hugging Face folder (config.json) nor a qkv checkpoint "
-            "or run directory (meta.json)"
-        )
-    checkpoint, meta = found
-    family = str(meta.get("family", ""))
-    if family == "transformer-translation":
+    """Recognise (:func:`qkv.families.identify`) and load the model at ``path``."""
+    from qkv.families import identify
+
+    found = identify(path)
+    if found.family == "translator":
         from qkv.tasks.translation import load_translator
 
-        return Loaded("translator", load_translator(checkpoint))
-    if "vit" in family.lower() or "patch_size" in meta.get("model_config", {}):
-        return _load_vit(checkpoint, meta)
-    raise ValueError(
-        f"{checkpoint} holds a {family!r} model; qkv attention draws translators, BERT and ViT"
-    )
+        return Loaded("translator", load_translator(found.path))
+    if found.family == "bert":
+        return _load_bert(found.path)
+    from qkv.tasks.vit import load_classifier
+
+    classifier = load_classifier(found.path)
+    extra = {
+        "mean": classifier.mean.tolist(),
+        "std": classifier.std.tolist(),
+        "max_value": classifier.max_value,
+        "classes": classifier.classes,
+    }
+    return Loaded("vit", classifier.model, extra)
 
 
 def _load_bert(path: Path) -> Loaded:
@@ -125,47 +111,6 @@ def _load_bert(path: Path) -> Loaded:
         raise FileNotFoundError(f"no tokenizer.json in {path}: BERT needs its WordPiece tokenizer")
     model = from_pretrained(path).eval()
     return Loaded("bert", model, {"tokenizer": Tokenizer.from_file(str(path / "tokenizer.json"))})
-
-
-def _load_vit(checkpoint: Path, meta: dict[str, Any]) -> Loaded:
-    """A qkv ViT checkpoint. Read from meta.json: ``model_config``; optional
-    ``normalization`` ``{"mean": [...], "std": [...]}`` in pixel units,
-    ``max_value`` (the largest pixel value of the training set, 255 by default)
-    and ``classes``."""
-    from qkv.models.vit import ViT, ViTConfig
-    from qkv.train.checkpoint import load_weights
-
-    model = ViT(ViTConfig.from_dict(meta["model_config"]))
-    load_weights(model, checkpoint)
-    norm = meta.get("normalization") or {k: meta[k] for k in ("mean", "std") if k in meta}
-    return Loaded(
-        "vit",
-        model.eval(),
-        {
-            "mean": norm.get("mean"),
-            "std": norm.get("std"),
-            "max_value": float(meta.get("max_value", 255)),
-            "classes": meta.get("classes"),
-        },
-    )
-
-
-def _load_hf_vit(path: Path) -> Loaded:
-    import transformers
-
-    from qkv.convert.vit import from_hf
-
-    hf = transformers.ViTForImageClassification.from_pretrained(path)
-    model = from_hf(hf).eval()
-    pre_file = path / "preprocessor_config.json"
-    pre = json.loads(pre_file.read_text()) if pre_file.is_file() else {}
-    # Hugging Face rescales to [0, 1] first, so its mean and std are in those units.
-    scale = 255.0 * float(pre.get("rescale_factor", 1 / 255))
-    mean = [m / scale for m in pre.get("image_mean", [0.5] * model.config.in_channels)]
-    std = [s / scale for s in pre.get("image_std", [0.5] * model.config.in_channels)]
-    labels = hf.config.id2label
-    classes = [labels[i] for i in sorted(labels)] if labels else None
-    return Loaded("vit", model, {"mean": mean, "std": std, "max_value": 255.0, "classes": classes})
 
 
 def read_image(source: str, loaded: Loaded) -> tuple[Tensor, tuple[str, ...] | None]:

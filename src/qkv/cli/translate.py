@@ -77,7 +77,7 @@ def _report(translator: Any, data: str | None, beam: int, limit: int | None, exa
     from qkv.data.translation import load_translation
     from qkv.tasks.translation import evaluate_test
 
-    corpus = load_translation(data, direction=translator.direction)  # type: ignore[arg-type]
+    corpus = load_translation(data, direction=translator.direction)
     start = time.perf_counter()
     scores, hypotheses = evaluate_test(translator, corpus, beam_size=beam, limit=limit)
     seconds = time.perf_counter() - start

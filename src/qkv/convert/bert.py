@@ -1,12 +1,15 @@
 """Hugging Face BERT checkpoints in and out of qkv's :mod:`qkv.models.bert`.
 
-A checkpoint directory holds ``config.json`` and the weights (``model.safetensors``,
-a sharded ``model.safetensors.index.json``, or ``pytorch_model.bin``). Loading maps
-``config.json`` to :class:`~qkv.models.bert.BertConfig` and every tensor name
-through :data:`BACKBONE_NAMES`, :data:`LAYER_NAMES` and :data:`HEAD_NAMES`, the one
-name map of this module (saving runs it backwards). Whatever does not fit is
-refused, all of it listed in one :class:`CheckpointError`: unknown keys, missing
-keys, shapes that differ, architectures qkv does not build.
+The shape every converter shares (:mod:`qkv.convert.common`): :func:`from_pretrained`
+reads a checkpoint directory (``config.json`` and the weights: ``model.safetensors``,
+a sharded ``model.safetensors.index.json``, or ``pytorch_model.bin``),
+:func:`save_pretrained` writes one. Loading maps ``config.json`` to
+:class:`~qkv.models.bert.BertConfig` and every tensor name through one
+:class:`~qkv.convert.common.NameMap` built from :data:`BACKBONE_NAMES`,
+:data:`LAYER_NAMES` and :data:`HEAD_NAMES` (:func:`name_map`; saving runs it
+backwards). Whatever does not fit is refused, all of it listed in one
+:class:`CheckpointError`: unknown keys, missing keys, shapes that differ,
+architectures qkv does not build.
 
 Two kinds of checkpoint key are accepted without a qkv parameter:
 - buffers and tied copies (:data:`DERIVED_KEYS`): ``embeddings.position_ids``, and
@@ -28,18 +31,22 @@ Face's heads put before the backbone.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from qkv.convert.common import (
+    CheckpointError,
+    NameMap,
+    read_config,
+    read_weights,
+    state_problems,
+    write_pretrained,
+)
 from qkv.models.bert import (
     BertConfig,
     BertForMaskedLM,
@@ -59,6 +66,7 @@ __all__ = [
     "from_pretrained",
     "hf_to_qkv_names",
     "load_hf_state_dict",
+    "name_map",
     "save_pretrained",
 ]
 
@@ -83,9 +91,8 @@ BACKBONE_NAMES = {
 }
 _POOLER = ("pooler.dense.weight", "pooler.dense.bias")
 
-#: Modules of one layer, each with a weight and a bias:
-#: ``encoder.layer.{i}.<HF>.weight`` -> ``encoder.layers.{i}.<qkv>.weight``.
-LAYER_NAMES = {
+# Modules of one layer (HF -> qkv), each with a weight and a bias.
+_LAYER_MODULES = {
     "attention.self.query": "self_attn.q_proj",
     "attention.self.key": "self_attn.k_proj",
     "attention.self.value": "self_attn.v_proj",
@@ -94,6 +101,13 @@ LAYER_NAMES = {
     "intermediate.dense": "feed_forward.linear1",
     "output.dense": "feed_forward.linear2",
     "output.LayerNorm": "feed_forward_norm.norm",
+}
+
+#: Parameters of layer ``{i}`` (HF name template -> qkv name template in :class:`BertModel`).
+LAYER_NAMES = {
+    f"encoder.layer.{{i}}.{hf}.{p}": f"encoder.layers.{{i}}.{qkv}.{p}"
+    for hf, qkv in _LAYER_MODULES.items()
+    for p in ("weight", "bias")
 }
 
 #: Head parameters (full HF name -> qkv name in the head model).
@@ -158,10 +172,6 @@ _CONFIG_KEYS: dict[str, tuple[str, Any]] = {
 }
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit qkv's BERT; the message lists every problem."""
-
-
 def _normalise(key: str) -> str:
     """HF name as in :data:`BACKBONE_NAMES`: no ``bert.`` prefix, and the TF-era
     LayerNorm names ``gamma``/``beta`` (old converted checkpoints) as ``weight``/``bias``."""
@@ -172,24 +182,25 @@ def _normalise(key: str) -> str:
     return key
 
 
-def hf_to_qkv_names(
-    num_layers: int, head: Head | None = None, *, pooler: bool = True
-) -> dict[str, str]:
-    """The whole map for one model: HF name (no ``bert.`` prefix) -> qkv parameter name.
+def name_map(head: Head | None = None, *, pooler: bool = True) -> NameMap:
+    """The name map of one model: HF name (no ``bert.`` prefix) -> qkv parameter name.
 
     Backbone names get qkv's ``bert.`` prefix when there is a head, as the heads
     hold their backbone in ``self.bert``.
     """
     prefix = "" if head is None else "bert."
-    backbone = {hf: qkv for hf, qkv in BACKBONE_NAMES.items() if pooler or hf not in _POOLER}
-    for i in range(num_layers):
-        for hf, qkv in LAYER_NAMES.items():
-            for p in ("weight", "bias"):
-                backbone[f"encoder.layer.{i}.{hf}.{p}"] = f"encoder.layers.{i}.{qkv}.{p}"
-    names = {hf: prefix + qkv for hf, qkv in backbone.items()}
+    backbone = {**BACKBONE_NAMES, **LAYER_NAMES}
+    templates = {hf: prefix + qkv for hf, qkv in backbone.items() if pooler or hf not in _POOLER}
     if head is not None:
-        names.update(HEAD_NAMES[head])
-    return names
+        templates.update(HEAD_NAMES[head])
+    return NameMap(templates)
+
+
+def hf_to_qkv_names(
+    num_layers: int, head: Head | None = None, *, pooler: bool = True
+) -> dict[str, str]:
+    """:func:`name_map` written out for a model of ``num_layers`` layers."""
+    return name_map(head, pooler=pooler).expand(num_layers)
 
 
 def _head_of(model: nn.Module) -> Head | None:
@@ -255,24 +266,6 @@ def config_to_hf(model: AnyBert) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------
-
-
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
-
-    if (path / "model.safetensors").is_file():
-        return load_file(path / "model.safetensors")
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return {k: v for shard in shards for k, v in load_file(path / shard).items()}
-    if (path / "pytorch_model.bin").is_file():
-        # weights_only: a pickle can run code; this refuses anything but tensors.
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(
-        f"no weights in {path}: expected model.safetensors, model.safetensors.index.json "
-        "or pytorch_model.bin"
-    )
 
 
 def _num_labels(hf: dict[str, Any], num_labels: int | None) -> tuple[int, list[str] | None]:
@@ -348,16 +341,14 @@ def from_pretrained(
     if head not in _MODELS:
         raise ValueError(f"head must be one of {list(_MODELS)}, got {head!r}")
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"no config.json in {path}")
-    hf = json.loads((path / "config.json").read_text())
+    hf = read_config(path)
     config = config_from_hf(hf, **overrides)
     if head in ("classification", "token_classification"):
         n, names_from_file = _num_labels(hf, num_labels)
         model: AnyBert = _MODELS[head](config, n, label_names=label_names or names_from_file)
     else:
         model = _MODELS[head](config)
-    load_hf_state_dict(model, _read_weights(path))
+    load_hf_state_dict(model, read_weights(path))
     return model
 
 
@@ -382,17 +373,7 @@ def load_hf_state_dict(model: AnyBert, weights: dict[str, Tensor]) -> None:
         if members and not any(m in state for m in members):
             fresh.append(group)
             state.update({m: own[m] for m in members})
-    qkv_to_hf = {v: k for k, v in names.items()}
-    missing = [qkv_to_hf[n] for n in own if n not in state]
-    if missing:
-        problems.append(f"missing keys {sorted(missing)}")
-    mismatched = [
-        f"{qkv_to_hf[n]}: checkpoint {tuple(t.shape)}, model {tuple(own[n].shape)}"
-        for n, t in state.items()
-        if t.shape != own[n].shape
-    ]
-    if mismatched:
-        problems.append(f"shape mismatches [{'; '.join(sorted(mismatched))}]")
+    problems += state_problems(state, own, {v: k for k, v in names.items()})
     if problems:
         raise CheckpointError("checkpoint does not fit: " + "; ".join(problems))
     if fresh:
@@ -405,20 +386,6 @@ def load_hf_state_dict(model: AnyBert, weights: dict[str, Tensor]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _atomic(target: Path) -> Iterator[str]:
-    """Yield a temporary path beside ``target``; on success, move it into place in one
-    step, so a crash never leaves a half-written file under the real name."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_pretrained(model: AnyBert, path: str | os.PathLike[str]) -> None:
     """Write ``config.json`` and ``model.safetensors`` in Hugging Face's format.
 
@@ -426,8 +393,6 @@ def save_pretrained(model: AnyBert, path: str | os.PathLike[str]) -> None:
     ``architectures``) opens the result; so does :func:`from_pretrained`. The tied
     MLM decoder is not written, as Hugging Face does not write it either.
     """
-    from safetensors.torch import save_file
-
     head = _head_of(model)
     names = hf_to_qkv_names(
         model.config.num_layers, head, pooler=_backbone(model).pooler is not None
@@ -439,16 +404,5 @@ def save_pretrained(model: AnyBert, path: str | os.PathLike[str]) -> None:
         return hf if head is None or hf in head_keys else f"bert.{hf}"
 
     own = model.state_dict()
-    tensors = {hf_name(hf): own[qkv].detach().cpu().contiguous() for hf, qkv in names.items()}
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    write: list[tuple[str, Callable[[str], None]]] = [
-        ("model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})),
-        (
-            "config.json",
-            lambda tmp: Path(tmp).write_text(json.dumps(config_to_hf(model), indent=2) + "\n"),
-        ),
-    ]
-    for filename, writer in write:
-        with _atomic(path / filename) as tmp:
-            writer(tmp)
+    tensors = {hf_name(hf): own[qkv] for hf, qkv in names.items()}
+    write_pretrained(path, tensors, config_to_hf(model))

@@ -13,7 +13,8 @@ parts:
   ``{i}`` standing for a layer index, run forwards to load and backwards to save.
 
 Whatever does not fit is refused before anything is loaded, every problem listed in
-one :class:`CheckpointError` (:func:`state_problems`).
+one :class:`CheckpointError` (:func:`state_problems` words the common ones: missing
+keys, keys the model does not have, shapes that differ).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "CheckpointError",
     "NameMap",
     "read_config",
+    "read_json",
     "read_weights",
     "state_problems",
     "write_pretrained",
@@ -49,13 +51,22 @@ class NameMap:
     """Hugging Face name -> qkv name, given as templates in which ``{i}`` stands for a
     layer index (``"vit.layers.{i}.mlp.fc1.weight": "encoder.layers.{i}.feed_forward.
     linear1.weight"``); :meth:`expand` writes out the names of a model with
-    ``num_layers`` layers."""
+    ``num_layers`` layers, :meth:`qkv_name` translates one name whatever its index."""
 
     def __init__(self, templates: Mapping[str, str]) -> None:
         for hf, qkv in templates.items():
             if ("{i}" in hf) != ("{i}" in qkv):
                 raise ValueError(f"template {hf!r} -> {qkv!r}: {{i}} on one side only")
         self.templates = dict(templates)
+        # Compiled once: qkv_name runs for every tensor of a checkpoint.
+        self._patterns = [
+            (re.compile(re.escape(hf).replace(re.escape("{i}"), r"(\d+)")), qkv)
+            for hf, qkv in self.templates.items()
+            if "{i}" in hf
+        ]
+
+    def __len__(self) -> int:
+        return len(self.templates)
 
     def expand(self, num_layers: int) -> dict[str, str]:
         names: dict[str, str] = {}
@@ -68,18 +79,28 @@ class NameMap:
         return names
 
     def qkv_name(self, hf_name: str) -> str | None:
-        """The qkv name of one Hugging Face name, whatever the layer index; ``None``
-        when the map does not know it."""
-        for hf, qkv in self.templates.items():
-            if "{i}" not in hf:
-                if hf == hf_name:
-                    return qkv
-                continue
-            pattern = re.escape(hf).replace(re.escape("{i}"), r"(\d+)")
-            match = re.fullmatch(pattern, hf_name)
+        """The qkv name of one Hugging Face name, whatever its layer index (a map does
+        not know how many layers a model has); ``None`` when the map does not know it."""
+        if hf_name in self.templates and "{i}" not in hf_name:
+            return self.templates[hf_name]
+        for pattern, qkv in self._patterns:
+            match = pattern.fullmatch(hf_name)
             if match:
                 return qkv.replace("{i}", match.group(1))
         return None
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """A JSON object from ``path``; :class:`CheckpointError` naming the file when it is
+    not valid JSON or not an object."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(values).__name__}")
+    return values
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -87,13 +108,7 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}")
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(values, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return values
+    return read_json(path)
 
 
 def read_weights(directory: str | Path) -> dict[str, Tensor]:
@@ -107,7 +122,10 @@ def read_weights(directory: str | Path) -> dict[str, Tensor]:
         return load_file(path / "model.safetensors")
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: no 'weight_map' object")
+        shards = sorted(set(weight_map.values()))
         return {k: v for shard in shards for k, v in load_file(path / shard).items()}
     if (path / "pytorch_model.bin").is_file():
         return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)

@@ -75,9 +75,9 @@ class BertConfig(ConfigDict):
     # [attention_probs_dropout_prob] The paper's reference code and Hugging Face use
     # 0.1, and so do we: it is BERT's recipe, and from_pretrained takes whatever the
     # checkpoint says anyway. The cost: with a nonzero value the fused CPU kernel
-    # falls back to its math path while training, which builds the
-    # L × L weights; measured here, a BERT-mini classification step (batch 32 × 128)
-    # is about 15% slower. Inference is unaffected (dropout is off in eval mode).
+    # falls back to its math path while training, which builds the L × L weights
+    # (benchmarks/RESULTS.md, "Measurements behind the defaults", has the cost).
+    # Inference is unaffected (dropout is off in eval mode).
     # Pass 0.0 to pretrain from scratch faster, above all on long sequences.
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-12  # the reference TF code's value, not torch's 1e-5

@@ -128,28 +128,25 @@ class ViTConfig(ConfigDict):
         token), width 128, 6 layers, 4 heads of 32, feed-forward 256, no dropout;
         0.80M parameters. The preset for the 30-minute CPU budget.
 
-        Measured (batch 128, AdamW lr 2e-3, weight decay 0.05, warmup + cosine, label
-        smoothing 0.1, one busy core): 12 epochs, 24 minutes, 89.1% test accuracy
-        without augmentation (88.2% with random crops and flips, which slow a ViT
-        down while it still underfits: it has no translation equivariance to lean on).
-        Dropout is off for the same reason. Per epoch it learns as fast as 4 px
-        patches and costs 2.2× less per step.
+        No dropout and no random crops: they slow a ViT down while it still underfits,
+        having no translation equivariance to lean on. Per epoch it learns as fast as
+        4 px patches at a fraction of the cost of a step ("Measurements behind the
+        defaults" in benchmarks/RESULTS.md).
         """
         return cls(**{**_FASHION, **overrides})
 
     @classmethod
     def fashion_small(cls, **overrides: Any) -> ViTConfig:
         """:meth:`fashion_tiny` with 4 px patches (7 × 7 = 49 tokens + class token):
-        finer attention maps, 2.2× the cost of a step (84.7% after 6 epochs with
-        augmentation, as fast per epoch as 7 px patches)."""
+        finer attention maps at about twice the cost of a step."""
         return cls(**{**_FASHION, "patch_size": 4, **overrides})
 
     @classmethod
     def digits(cls, **overrides: Any) -> ViTConfig:
         """8×8 grey digits (scikit-learn's ``load_digits``), 4 px patches (2 × 2 tokens
-        + class token), width 64, 2 layers, 4 heads; 69k parameters. 8 epochs give
-        96–99% test accuracy in about 7 s on one core. (2 px patches, 16 tokens of 4
-        pixels each, learned far more slowly in the same time.)"""
+        + class token), width 64, 2 layers, 4 heads; 69k parameters: seconds to train,
+        for the tests. (2 px patches, 16 tokens of 4 pixels each, learned far more
+        slowly in the same time.)"""
         sizes: dict[str, Any] = dict(
             image_size=8,
             patch_size=4,
@@ -340,8 +337,8 @@ class ViT(nn.Module):
         first logits are all 0 and the loss starts at ``log K``. The two are close at
         width 768 (Xavier's std is 0.023–0.036 there), not at small widths: at width
         128 Xavier's weights are 3.6–4.4× larger, attention is less uniform at the
-        start, and a Fashion-MNIST model learns much faster (after 300 steps, 80.8%
-        test accuracy against 74.0% with patch 7, 78.7% against 67.8% with patch 4).
+        start, and a Fashion-MNIST model learns much faster ("Measurements behind the
+        defaults" in benchmarks/RESULTS.md).
         """
 
         def truncated_normal_(tensor: Tensor, std: float) -> None:

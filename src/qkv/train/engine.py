@@ -256,7 +256,7 @@ class Trainer:
             return batch.to(self.device)
         if isinstance(batch, dict):
             return {k: self._to_device(v) for k, v in batch.items()}
-        if isinstance(batch, (tuple, list)):
+        if isinstance(batch, tuple | list):
             return type(batch)(self._to_device(v) for v in batch)
         return batch
 

@@ -250,10 +250,11 @@ def shade(t: float) -> tuple[int, int, int]:
     i = min(int(x), len(SHADE_STOPS) - 2)
     f = x - i
     # JavaScript's Math.round: halves round up, not to even.
-    return tuple(  # type: ignore[return-value]
+    red, green, blue = (
         math.floor(lo + (hi - lo) * f + 0.5)
         for lo, hi in zip(SHADE_STOPS[i], SHADE_STOPS[i + 1], strict=True)
     )
+    return red, green, blue
 
 
 def _payload(maps: Sequence[AttentionMap], title: str) -> str:

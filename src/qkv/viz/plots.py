@@ -279,7 +279,7 @@ def plot_worked_example(example: WorkedExample) -> Figure:
         ax.set_ylabel("query")
     _draw_lines(ax_lines, softmax, names, names, None)
     ax_lines.set_title("the same weights as lines", fontsize=9)
-    figure.suptitle("Self-attention, the worked example of seed 001", fontsize=10)
+    figure.suptitle("Self-attention, the worked example", fontsize=10)
     return figure
 
 

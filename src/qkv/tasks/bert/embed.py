@@ -48,10 +48,12 @@ class SentenceEncoder:
     max_length: int = 256  # sentence-transformers' limit for all-MiniLM-L6-v2
 
     @classmethod
-    def load(cls, path: str | Path | None = None) -> SentenceEncoder:
+    def load(
+        cls, path: str | Path | None = None, *, device: str | torch.device = "cpu"
+    ) -> SentenceEncoder:
         """From a checkpoint folder (default: the installed all-MiniLM-L6-v2)."""
         path = checkpoint_dir(path) if path is not None else minilm_path()
-        model = from_pretrained(path).eval()
+        model = from_pretrained(path).to(device).eval()
         assert isinstance(model, BertModel)
         max_length = model.config.max_position_embeddings
         settings = path / "sentence_bert_config.json"

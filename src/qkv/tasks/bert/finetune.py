@@ -183,7 +183,7 @@ def _new_classifier(
 
 def finetune(
     run_dir: str | Path,
-    recipe: FinetuneRecipe = FinetuneRecipe(),
+    recipe: FinetuneRecipe | None = None,
     *,
     checkpoint: str | Path | None = None,
     preset: str | None = None,
@@ -198,7 +198,7 @@ def finetune(
     """Fine-tune a sequence classifier on ``dataset`` (``bbc`` or ``tweets``), once per seed.
 
     Args:
-        recipe: :class:`FinetuneRecipe`.
+        recipe: :class:`FinetuneRecipe` (default: its defaults).
         checkpoint: a BERT checkpoint folder (ours, or Hugging Face's such as
             all-MiniLM-L6-v2) or a ``qkv bert pretrain`` run directory.
         preset: instead of ``checkpoint``, train a :class:`BertConfig` preset from
@@ -213,6 +213,7 @@ def finetune(
     ``run_dir/seed-N/model/`` (the classifier, Hugging Face format, with its tokenizer
     and label names); the report also goes to ``run_dir/results.json``.
     """
+    recipe = recipe or FinetuneRecipe()
     if (checkpoint is None) == (preset is None):
         raise ValueError("give either a checkpoint or a preset to train from scratch")
     data = load_labelled(dataset, data_path)

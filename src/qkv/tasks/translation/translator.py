@@ -16,11 +16,13 @@ import sacrebleu
 import torch
 
 from qkv.data.bpe import BOS_ID, EOS_ID, PAD_ID, TranslationTokenizer
-from qkv.data.translation import ParallelCorpus
+from qkv.data.padding import pad_ids
+from qkv.data.translation import Direction, ParallelCorpus
 from qkv.decoding import beam_search, greedy_decode
+from qkv.families import identify
 from qkv.models.transformer import Transformer, TransformerConfig
 from qkv.train import load_weights
-from qkv.train.checkpoint import average_checkpoints, list_checkpoints, resolve_checkpoint
+from qkv.train.checkpoint import average_checkpoints, list_checkpoints
 
 __all__ = ["FAMILY", "Translator", "evaluate_test", "load_translator", "score"]
 
@@ -33,7 +35,7 @@ class Translator:
 
     model: Transformer
     tokenizer: TranslationTokenizer
-    direction: str = "de-en"
+    direction: Direction = "de-en"
 
     @property
     def device(self) -> torch.device:
@@ -59,11 +61,7 @@ class Translator:
         outputs: list[str] = [""] * len(encoded)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in chunk)
-            src = torch.full((len(chunk), width), PAD_ID, dtype=torch.long)
-            for row, i in enumerate(chunk):
-                src[row, : len(encoded[i])] = torch.tensor(encoded[i])
-            src = src.to(self.device)
+            src = pad_ids([encoded[i] for i in chunk], PAD_ID).to(self.device)  # (b, k)
             if beam_size == 1:
                 result = greedy_decode(self.model, src, bos_id=BOS_ID, eos_id=EOS_ID)
             else:
@@ -102,11 +100,9 @@ def load_translator(
     ``average_last > 1`` averages the weights of the run's last N checkpoints (up to
     the one asked for); ``None`` takes the number the run's preset recommends.
     """
-    found = resolve_checkpoint(path)
+    found = identify(path, expect="translator")
     checkpoint, meta = found.path, found.meta
     run_dir = checkpoint.parent.parent  # RUN/checkpoints/step-N
-    if meta.get("family") != FAMILY:
-        raise ValueError(f"{checkpoint} holds a {meta.get('family')!r} model, not a translator")
     if average_last is None:
         average_last = int(meta.get("preset", {}).get("average_last", 1))
     if average_last < 1:

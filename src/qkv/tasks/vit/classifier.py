@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.data.images import ImageSet, image_batches, normalize
+from qkv.families import identify
 from qkv.models.vit import ViT, ViTConfig
 from qkv.train import load_weights
-from qkv.train.checkpoint import resolve_checkpoint
 
 __all__ = [
     "FAMILY",
@@ -139,23 +139,39 @@ class Classifier:
 
 
 def load_classifier(path: str | Path, *, device: str | torch.device = "cpu") -> Classifier:
-    """Load a classifier from a run directory (its latest checkpoint) or a checkpoint."""
-    checkpoint = resolve_checkpoint(path)
-    meta = checkpoint.meta
-    if "vit" not in str(meta.get("family", "")):
-        raise ValueError(f"{checkpoint.path} holds a {meta.get('family')!r} model, not a ViT")
-    missing = [k for k in ("model_config", "normalization", "classes") if k not in meta]
-    if missing:
-        raise ValueError(f"{checkpoint.path}/meta.json lacks {missing}")
-    model = ViT(ViTConfig.from_dict(meta["model_config"]))
-    load_weights(model, checkpoint.path)
-    norm = meta["normalization"]
+    """Load a classifier from a qkv run directory (its latest checkpoint), a checkpoint,
+    or a Hugging Face ``ViTForImageClassification`` folder (its normalisation from
+    ``preprocessor_config.json``, its class names from ``id2label``)."""
+    found = identify(path, expect="vit")
+    if found.hugging_face:
+        from qkv.convert.vit import from_pretrained, label_names, read_image_processor
+
+        model = from_pretrained(found.path)
+        processor = read_image_processor(found.path)
+        mean, std, max_value = processor["mean"], processor["std"], 255.0
+        classes = label_names(found.path) or [str(i) for i in range(model.config.num_classes)]
+        dataset, test_flip = None, False
+    else:
+        meta = found.meta
+        if "model_config" not in meta:
+            raise ValueError(f"{found.path}/meta.json lacks the model_config")
+        model = ViT(ViTConfig.from_dict(meta["model_config"]))
+        load_weights(model, found.path)
+        max_value = float(meta.get("max_value", 255))
+        # Without the training set's statistics, pixels are scaled to [0, 1].
+        norm = meta.get("normalization", {"mean": [0.0], "std": [max_value]})
+        channels = model.config.in_channels
+        mean, std = (
+            list(norm[k]) * (channels if len(norm[k]) == 1 else 1) for k in ("mean", "std")
+        )
+        classes = list(meta.get("classes") or [str(i) for i in range(model.config.num_classes)])
+        dataset, test_flip = meta.get("dataset"), bool(meta.get("test_flip", False))
     return Classifier(
         model.to(device).eval(),
-        torch.tensor(norm["mean"], dtype=torch.float32),
-        torch.tensor(norm["std"], dtype=torch.float32),
-        float(meta.get("max_value", 255)),
-        list(meta["classes"]),
-        meta.get("dataset"),
-        bool(meta.get("test_flip", False)),
+        torch.tensor(mean, dtype=torch.float32),
+        torch.tensor(std, dtype=torch.float32),
+        max_value,
+        classes,
+        dataset,
+        test_flip,
     )

@@ -72,7 +72,7 @@ PRESETS: dict[str, ViTPreset] = {
         "fashion", ViTConfig.fashion_tiny(), _adamw_cosine(9000, 2e-3, 500),
         dataset="fashion-mnist", batch_size=128, flip_p=0.5, test_flip=True, valid_size=3000,
     ),
-    # 4 px patches (49 tokens): more accurate per epoch at the end, 2.9x the cost of a
+    # 4 px patches (49 tokens): more accurate per epoch at the end, about three times the cost of a
     # step; bf16 autocast pays off from 49 tokens on.
     "fashion-small": ViTPreset(
         "fashion-small", ViTConfig.fashion_small(),

@@ -243,7 +243,7 @@ def _override(recipe: TranslationPreset, assignments: Sequence[str]) -> Translat
         kind = field_type(recipe, field)
         try:
             changes[field] = _parse(text, kind)
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, StopIteration):
             raise SystemExit(f"--set {assignment!r}: {field} takes {kind}") from None
     try:
         return recipe.override(changes)
@@ -262,8 +262,10 @@ def _parse(text: str, kind: object) -> object:
         return {"true": True, "1": True, "false": False, "0": False}[text.lower()]
     if kind in (int, float, str):
         return kind(text)
-    choices = typing.get_args(kind)  # a Literal: the configuration checks the value
-    return text if text in choices else kind(text)
+    choices = typing.get_args(kind)  # a Literal
+    if text not in choices:
+        raise ValueError(f"one of {choices}")
+    return text
 
 
 def train(args: argparse.Namespace) -> str:

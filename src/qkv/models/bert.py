@@ -432,12 +432,9 @@ class _BertClassifier(nn.Module):
 
     forward_head = classify  # timm's name: features -> logits
 
-
-class BertForSequenceClassification(_BertClassifier):
-    """One label per sequence from the pooled ``[CLS]`` state: dropout, then linear.
-    Arguments: :class:`_BertClassifier`."""
-
-    uses_pooler = True
+    def head_input(self, out: BertOutput) -> Tensor:
+        """What the head reads of the body's output."""
+        raise NotImplementedError
 
     def forward(
         self,
@@ -449,31 +446,32 @@ class BertForSequenceClassification(_BertClassifier):
         label_smoothing: float = 0.0,
         need_weights: bool | Sequence[int] = False,
     ) -> BertHeadOutput:
-        """Shape: inputs ``(b, L)``, labels ``(b,)`` class indices -> logits ``(b, C)``."""
+        """Logits of every class; with ``labels``, the mean cross-entropy (labels
+        ``-100`` carry no loss). Shapes: see the subclass."""
         out = self.bert(input_ids, attention_mask, token_type_ids, need_weights=need_weights)
-        assert out.pooled_output is not None  # built with a pooler
-        logits = self.classify(out.pooled_output)  # (b, C)
+        logits = self.classify(self.head_input(out))  # (b, C) or (b, L, C)
         return _head_output(logits, labels, label_smoothing, out)
+
+
+class BertForSequenceClassification(_BertClassifier):
+    """One label per sequence from the pooled ``[CLS]`` state: dropout, then linear.
+    Arguments: :class:`_BertClassifier`. Shape: inputs ``(b, L)``, labels ``(b,)``
+    class indices -> logits ``(b, C)``."""
+
+    uses_pooler = True
+
+    def head_input(self, out: BertOutput) -> Tensor:
+        assert out.pooled_output is not None  # built with a pooler
+        return out.pooled_output  # (b, d)
 
 
 class BertForTokenClassification(_BertClassifier):
     """One label per token (tagging, named entities): dropout, then linear, at every
-    position; no pooler. Arguments: :class:`_BertClassifier`."""
+    position; no pooler. Arguments: :class:`_BertClassifier`. Shape: inputs ``(b, L)``,
+    labels ``(b, L)`` (``-100`` = no loss, e.g. padding or word-piece continuations)
+    -> logits ``(b, L, C)``."""
 
     uses_pooler = False
 
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor | None = None,
-        token_type_ids: Tensor | None = None,
-        *,
-        labels: Tensor | None = None,
-        label_smoothing: float = 0.0,
-        need_weights: bool | Sequence[int] = False,
-    ) -> BertHeadOutput:
-        """Shape: inputs ``(b, L)``, labels ``(b, L)`` (``-100`` = no loss, e.g. padding
-        or word-piece continuations) -> logits ``(b, L, C)``."""
-        out = self.bert(input_ids, attention_mask, token_type_ids, need_weights=need_weights)
-        logits = self.classify(out.last_hidden_state)  # (b, L, C)
-        return _head_output(logits, labels, label_smoothing, out)
+    def head_input(self, out: BertOutput) -> Tensor:
+        return out.last_hidden_state  # (b, L, d)

@@ -101,6 +101,14 @@ class BertConfig(ConfigDict):
             raise ValueError(f"pad_id ({self.pad_id}) must be in [0, vocab_size={self.vocab_size})")
 
     @classmethod
+    def preset(cls, name: str, **overrides: Any) -> BertConfig:
+        """The configuration of a named size: ``tiny``, ``mini``, ``small`` or ``base``."""
+        sizes = {"tiny": cls.tiny, "mini": cls.mini, "small": cls.small, "base": cls.base}
+        if name not in sizes:
+            raise ValueError(f"unknown BERT preset {name!r}; choose from {sorted(sizes)}")
+        return sizes[name](**overrides)
+
+    @classmethod
     def tiny(cls, **overrides: Any) -> BertConfig:
         """BERT-Tiny: 2 layers, 128 wide, 2 heads, feed-forward 512 (4.4M parameters)."""
         return cls(**{**dict(num_layers=2, d_model=128, num_heads=2, d_ff=512), **overrides})

@@ -173,8 +173,8 @@ def _new_classifier(
             checkpoint, "classification", num_labels=len(labels), label_names=labels, **overrides
         )
     else:
-        config = getattr(BertConfig, str(preset))(
-            **{"vocab_size": tok.vocab_size, "pad_id": tok.pad_id} | overrides
+        config = BertConfig.preset(
+            str(preset), **{"vocab_size": tok.vocab_size, "pad_id": tok.pad_id} | overrides
         )
         model = BertForSequenceClassification(config, len(labels), label_names=labels)
     assert isinstance(model, BertForSequenceClassification)

@@ -74,10 +74,6 @@ class PretrainRecipe(Recipe[BertConfig]):
         norms), linear warm-up (default 10% of the steps) then cosine decay to zero,
         gradient clipping at 1; held-out scores every ``eval_every`` steps (0: at the
         end only), a checkpoint with each."""
-        presets = {"tiny": BertConfig.tiny, "mini": BertConfig.mini, "small": BertConfig.small,
-                   "base": BertConfig.base}  # fmt: skip
-        if preset not in presets:
-            raise ValueError(f"unknown BERT preset {preset!r}; choose from {sorted(presets)}")
         warmup = warmup_steps if warmup_steps is not None else max_steps // 10
         train = TrainConfig(
             max_steps=max_steps,
@@ -92,7 +88,7 @@ class PretrainRecipe(Recipe[BertConfig]):
             keep_checkpoints=1,
             log_every=min(10, max_steps),
         )
-        model = presets[preset](vocab_size=vocab_size, attention_dropout=0.0)
+        model = BertConfig.preset(preset, vocab_size=vocab_size, attention_dropout=0.0)
         return cls(preset, model, train, batch_size, max_length, eval_sequences)
 
 

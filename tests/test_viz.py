@@ -444,7 +444,7 @@ def test_attention_command_on_a_vit_checkpoint(tmp_path, capsys):
 
 
 def test_attention_command_says_what_it_cannot_read(tmp_path, capsys):
-    assert main(["attention", str(tmp_path), "text"]) == 2
+    assert main(["attention", str(tmp_path), "text"]) == 1
     assert "neither a qkv checkpoint nor a run directory" in capsys.readouterr().err
 
 

@@ -196,8 +196,8 @@ def beam_search(
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
-    if length_penalty < 0:
-        raise ValueError(f"length_penalty (α) must be >= 0, got {length_penalty}")
+    if not length_penalty >= 0 or length_penalty == float("inf"):  # NaN fails every test
+        raise ValueError(f"length_penalty (α) must be >= 0 and finite, got {length_penalty}")
     src_mask, limits = _prepare(
         model, src_ids, bos_id, eos_id, max_len, min_len, src_key_padding_mask
     )

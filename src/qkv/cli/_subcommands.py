@@ -2,8 +2,8 @@
 
 A group registers one argparse sub-parser that takes the rest of the command line
 as it is; :func:`dispatch` then picks the subcommand, prints the group's usage for
-``-h``, and turns the errors of missing files and bad input into one line on stderr
-and a non-zero exit status instead of a traceback.
+``-h``; :func:`qkv.cli.main` turns the errors of missing files and bad input into
+one line on stderr, naming the subcommand.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ def add_group_parser(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("args", nargs=argparse.REMAINDER, help=commands)
-    parser.set_defaults(run=run)
+    # The lowercase words of ``commands`` name the subcommands, for error messages.
+    names = tuple(word for word in commands.replace("|", " ").split() if word.islower())
+    parser.set_defaults(run=run, subcommands=names)
     return parser
 
 
@@ -48,13 +50,11 @@ def dispatch(
     argv: list[str],
     *,
     default: Subcommand | None = None,
-    errors: tuple[type[Exception], ...] = (FileNotFoundError,),
 ) -> int:
     """Run ``commands[argv[0]](argv[1:])``.
 
     ``default``, when given, takes the whole ``argv`` when ``argv[0]`` names no
-    command (``qkv translate CHECKPOINT ...``). The exceptions in ``errors`` are
-    printed as ``qkv GROUP COMMAND: message`` and exit with status 1.
+    command (``qkv translate CHECKPOINT ...``).
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not argv or argv[0] in ("-h", "--help"):
@@ -64,15 +64,11 @@ def dispatch(
     if name in commands:
         command, rest = commands[name], argv[1:]
     elif default is not None:
-        command, rest, name = default, argv, ""
+        command, rest = default, argv
     else:
         print(
             f"qkv {group}: unknown command {name!r}; choose from {', '.join(commands)}",
             file=sys.stderr,
         )
         return 2
-    try:
-        return command(rest)
-    except errors as error:
-        print(f"qkv {group}{' ' + name if name else ''}: {error}", file=sys.stderr)
-        return 1
+    return command(rest)

@@ -22,7 +22,6 @@ rollout. Without --out or --html the picture goes to attention.png.
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from qkv.cli._options import positive_int
 
 USAGE = __doc__
 IMAGE_SETS = ("fashion-mnist", "digits")
@@ -70,7 +71,9 @@ def add_parser(subparsers: Any) -> None:
         help="translator: which attention to draw (default all, one picture each)",
     )
     parser.add_argument("--target", help="translator: read this translation instead of its own")
-    parser.add_argument("--beam", type=int, default=4, help="translator: beam size (1 = greedy)")
+    parser.add_argument(
+        "--beam", type=positive_int, default=4, help="translator: beam size (1 = greedy)"
+    )
     parser.add_argument("--out", help="picture to write: .png or .svg (default attention.png)")
     parser.add_argument("--html", help="self-contained page to write (.html)")
     parser.set_defaults(run=run)
@@ -202,15 +205,47 @@ def _out_path(out: Path, kind: str, several: bool) -> Path:
     return out.with_name(f"{out.stem}-{kind}{out.suffix}") if several else out
 
 
+def _sizes(loaded: Loaded, kind: str) -> tuple[int, int]:
+    """(layers, heads) of the attention ``kind`` draws; for a translator's ``all``, the
+    smaller stack, since one --layer picks a layer of each."""
+    if loaded.family == "translator":
+        config = loaded.model.model.config
+        layers = {
+            "encoder": config.num_encoder_layers,
+            "decoder": config.num_decoder_layers,
+            "cross": config.num_decoder_layers,
+            "all": min(config.num_encoder_layers, config.num_decoder_layers),
+        }[kind]
+        return layers, config.num_heads
+    config = loaded.model.config
+    return config.num_layers, config.num_heads
+
+
+def _check_indices(option: str, values: list[int] | None, count: int) -> None:
+    """Python's indexing, negative from the end, as the capture functions read it."""
+    for value in values or []:
+        if not -count <= value < count:
+            raise ValueError(
+                f"{option} {value}: out of range, this model has {count} "
+                f"(0 to {count - 1}, or -1 to -{count} from the end)"
+            )
+
+
+def _check_lines(maps: dict[str, Any], kinds: list[str], token: str) -> None:
+    """``--lines TOKEN`` must be a token of at least one picture asked for."""
+    from qkv.viz.plots import find_token
+
+    for kind in kinds:
+        try:
+            find_token(maps[kind].queries, token)
+            return
+        except ValueError:
+            continue
+    tokens = {kind: list(maps[kind].queries) for kind in kinds}
+    raise ValueError(f"--lines {token!r}: not a token of the input; its tokens are {tokens}")
+
+
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except (FileNotFoundError, ValueError, KeyError) as error:
-        print(f"qkv attention: {error}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
     from qkv.viz.page import write_attention_page
     from qkv.viz.plots import (
         find_token,
@@ -221,10 +256,15 @@ def _run(args: argparse.Namespace) -> int:
     )
 
     loaded = load(args.path)
+    if loaded.family != "translator" and args.kind != "all":
+        raise ValueError(f"--kind {args.kind}: only for a translator, this is a {loaded.family}")
+    num_layers, num_heads = _sizes(loaded, args.kind)
+    _check_indices("--layer", args.layer, num_layers)
+    _check_indices("--head", args.head, num_heads)
     maps, title, image = _capture(loaded, args)
     kinds = list(maps) if args.kind == "all" else [args.kind]
-    if any(k not in maps for k in kinds):
-        raise SystemExit(f"--kind {args.kind}: this model has only {list(maps)} attention")
+    if args.lines is not None and image is None:
+        _check_lines(maps, kinds, args.lines)
     heads = args.head
     shown_layer = args.layer[-1] if args.layer else -1
     for kind in kinds:
@@ -241,7 +281,7 @@ def _run(args: argparse.Namespace) -> int:
             elif args.lines is not None:
                 try:
                     find_token(amap.queries, args.lines)
-                except ValueError as error:
+                except ValueError as error:  # another picture has the token (_check_lines)
                     print(f"{kind}: no lines ({error})")
                     continue
                 figure = plot_attention_lines(

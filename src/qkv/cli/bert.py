@@ -14,6 +14,17 @@ import argparse
 import sys
 from typing import Any
 
+from qkv.cli._options import (
+    Parser,
+    add_overwrite,
+    device,
+    non_negative_int,
+    overwrite_option,
+    positive_float,
+    positive_int,
+    probability,
+    read_lines,
+)
 from qkv.cli._subcommands import add_group_parser, dispatch
 
 USAGE = __doc__
@@ -23,10 +34,10 @@ def _count(value: str) -> int | None:
     """A number of examples, or ``all``."""
     if value == "all":
         return None
-    count = int(value)
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"a limit must be positive or 'all', got {value}")
-    return count
+    try:
+        return positive_int(value)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{error} (or 'all')") from None
 
 
 def add_parser(subparsers: Any) -> None:
@@ -41,25 +52,30 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _pretrain_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qkv bert pretrain")
+    p = Parser(prog="qkv bert pretrain")
     p.add_argument("--run-dir", default="runs/bert-pretrain")
     p.add_argument("--preset", choices=["tiny", "mini", "small", "base"], default="mini")
     p.add_argument("--tokenizer", help="take the vocabulary from this checkpoint or file")
-    p.add_argument("--vocab-size", type=int, default=8192, help="of a newly trained vocabulary")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--eval-every", type=int, default=200)
-    p.add_argument("--max-documents", type=int, help="use only this many documents (smoke tests)")
+    p.add_argument(
+        "--vocab-size", type=positive_int, default=8192, help="of a newly trained vocabulary"
+    )
+    p.add_argument("--steps", type=positive_int, default=2000)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--max-length", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=5e-4)
+    p.add_argument("--eval-every", type=positive_int, default=200)
+    p.add_argument(
+        "--max-documents", type=positive_int, help="use only this many documents (smoke tests)"
+    )
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--seed", type=int, default=0)
+    add_overwrite(p)
+    p.add_argument("--device", type=device, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
     return p
 
 
 def _finetune_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qkv bert finetune")
+    p = Parser(prog="qkv bert finetune")
     p.add_argument(
         "checkpoint",
         nargs="?",
@@ -71,12 +87,12 @@ def _finetune_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=["bbc", "tweets"], default="bbc")
     p.add_argument("--data-path", help="the data set's file or folder (default: installed)")
     p.add_argument("--run-dir", default="runs/bert-finetune")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--attention-dropout", type=float, help="override the checkpoint's")
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=[0])
+    p.add_argument("--epochs", type=positive_float, default=3.0)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--max-length", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=1e-4)
+    p.add_argument("--attention-dropout", type=probability, help="override the checkpoint's")
     p.add_argument(
         "--limit",
         type=_count,
@@ -85,12 +101,13 @@ def _finetune_parser() -> argparse.ArgumentParser:
         help="at most this many examples of each split ('all': no limit), sampled with a "
         "fixed seed, the same for every --seeds",
     )
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--device", type=device, help="cpu, cuda, ... (default: cuda if available)")
+    add_overwrite(p)
     return p
 
 
 def _classify_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qkv bert classify")
+    p = Parser(prog="qkv bert classify")
     p.add_argument("checkpoint", help="a fine-tuned classifier folder")
     p.add_argument("texts", nargs="*", help="texts (default: one per line on stdin)")
     return p
@@ -117,6 +134,7 @@ def _pretrain(argv: list[str]) -> int:
         resume=o.resume,
         device=o.device,
         seed=o.seed,
+        **overwrite_option(pretrain, o.overwrite),
     )
     print(f"{report.steps} steps in {report.seconds:.0f} s; model in {report.model_dir}")
     print(f"{'held-out':<12}{'MLM loss':>10}{'accuracy':>10}")
@@ -150,6 +168,7 @@ def _finetune(argv: list[str]) -> int:
         seeds=o.seeds,
         limits=tuple(o.limit) if o.limit else (None, None, None),
         device=o.device,
+        **overwrite_option(finetune, o.overwrite),
     )
     sizes = report.sizes
     print(f"{report.dataset} from {report.source}: train {sizes['train']}, test {sizes['test']}")
@@ -168,7 +187,9 @@ def _classify(argv: list[str]) -> int:
     from qkv.tasks.bert.classify import Classifier
 
     o = _classify_parser().parse_intermixed_args(argv)
-    texts = o.texts or [line.strip() for line in sys.stdin if line.strip()]
+    texts = o.texts or [line.strip() for line in read_lines() if line.strip()]
+    if not texts:
+        raise ValueError("no text to classify: give texts, or lines on stdin")
     classifier = Classifier.load(o.checkpoint)
     for text, prediction in zip(texts, classifier.predict(texts), strict=True):
         ranked = sorted(prediction.probabilities.items(), key=lambda kv: -kv[1])
@@ -179,5 +200,4 @@ def _classify(argv: list[str]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     commands = {"pretrain": _pretrain, "finetune": _finetune, "classify": _classify}
-    # FileNotFoundError: a data package or checkpoint is missing.
     return dispatch("bert", USAGE, commands, list(args.args))

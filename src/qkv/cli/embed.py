@@ -14,6 +14,8 @@ import argparse
 import sys
 from typing import Any
 
+from qkv.cli._options import non_negative_int, read_lines
+
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -26,7 +28,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--model", help="a BERT checkpoint folder (default: the installed all-MiniLM-L6-v2)"
     )
-    parser.add_argument("--values", type=int, default=8, help="values to show per embedding")
+    parser.add_argument(
+        "--values", type=non_negative_int, default=8, help="values to show per embedding"
+    )
     parser.set_defaults(run=run)
 
 
@@ -37,15 +41,11 @@ def _row(values: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     from qkv.tasks.bert import SentenceEncoder, cosine_similarities
 
-    sentences = args.sentences or [line.strip() for line in sys.stdin if line.strip()]
+    sentences = args.sentences or [line.strip() for line in read_lines() if line.strip()]
     if not sentences:
         print("qkv embed: give at least one sentence", file=sys.stderr)
         return 2
-    try:
-        encoder = SentenceEncoder.load(args.model)
-    except FileNotFoundError as error:
-        print(f"qkv embed: {error}", file=sys.stderr)
-        return 1
+    encoder = SentenceEncoder.load(args.model)
     embeddings = encoder.encode(sentences)  # (b, d), unit length
     if len(sentences) == 1:
         print(f"embedding: shape {tuple(embeddings.shape)}, L2-normalised")

@@ -9,10 +9,19 @@ echo "Wie spät ist es?" | qkv translate runs/de-en
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Any
 
+from qkv.cli._options import (
+    Parser,
+    add_overwrite,
+    device,
+    non_negative_float,
+    non_negative_int,
+    overwrite_option,
+    positive_int,
+    read_lines,
+)
 from qkv.cli._subcommands import add_group_parser, dispatch
 
 USAGE = __doc__
@@ -32,43 +41,54 @@ def add_parser(subparsers: Any) -> None:
 def _train_parser() -> argparse.ArgumentParser:
     from qkv.tasks.translation import PRESETS
 
-    p = argparse.ArgumentParser(prog="qkv translate train")
+    p = Parser(prog="qkv translate train")
     p.add_argument("--preset", choices=sorted(PRESETS), default="small")
     p.add_argument("--run-dir", default="runs/translate")
     p.add_argument("--direction", choices=["de-en", "en-de"], default="de-en")
-    p.add_argument("--steps", type=int, help="override the preset's number of steps")
+    p.add_argument("--steps", type=positive_int, help="override the preset's number of steps")
     p.add_argument("--data", help="the dictionary file (default /usr/share/trans/de-en)")
-    p.add_argument("--limit", type=int, help="use only this many sentence pairs (smoke tests)")
+    p.add_argument(
+        "--limit", type=positive_int, help="use only this many sentence pairs (smoke tests)"
+    )
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--beam", type=int, default=4, help="beam size of the final test scoring")
-    p.add_argument("--test-limit", type=int, help="score only the first N test sentences")
+    add_overwrite(p)
+    p.add_argument(
+        "--device", type=device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument(
+        "--beam", type=positive_int, default=4, help="beam size of the final test scoring"
+    )
+    p.add_argument("--test-limit", type=positive_int, help="score only the first N test sentences")
     return p
 
 
 def _eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qkv translate eval")
+    p = Parser(prog="qkv translate eval")
     p.add_argument("checkpoint", help="a run directory or one of its checkpoints")
-    p.add_argument("--beam", type=int, default=4)
-    p.add_argument("--length-penalty", type=float, default=0.6)
+    p.add_argument("--beam", type=positive_int, default=4)
+    p.add_argument("--length-penalty", type=non_negative_float, default=0.6)
     p.add_argument(
-        "--average", type=int, help="average the last N checkpoints (default: the preset's)"
+        "--average",
+        type=positive_int,
+        help="average the last N checkpoints (default: the preset's)",
     )
     p.add_argument("--data", help="the dictionary file (default /usr/share/trans/de-en)")
-    p.add_argument("--limit", type=int, help="score only the first N test sentences")
-    p.add_argument("--examples", type=int, default=5)
+    p.add_argument("--limit", type=positive_int, help="score only the first N test sentences")
+    p.add_argument("--examples", type=non_negative_int, default=5)
     return p
 
 
 def _translate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qkv translate")
+    p = Parser(prog="qkv translate")
     p.add_argument("checkpoint", help="a run directory or one of its checkpoints")
     p.add_argument("sentences", nargs="*", help="sentences (default: one per line on stdin)")
-    p.add_argument("--beam", type=int, default=4)
-    p.add_argument("--length-penalty", type=float, default=0.6)
+    p.add_argument("--beam", type=positive_int, default=4)
+    p.add_argument("--length-penalty", type=non_negative_float, default=0.6)
     p.add_argument(
-        "--average", type=int, help="average the last N checkpoints (default: the preset's)"
+        "--average",
+        type=positive_int,
+        help="average the last N checkpoints (default: the preset's)",
     )
     return p
 
@@ -106,6 +126,7 @@ def _train(argv: list[str]) -> int:
         limit=options.limit,
         device=options.device,
         seed=options.seed,
+        **overwrite_option(train_translator, options.overwrite),
     )
     if not is_main_process():  # torchrun: the main process scores
         return 0
@@ -128,7 +149,9 @@ def _translate(argv: list[str]) -> int:
 
     options = _translate_parser().parse_intermixed_args(argv)
     translator = load_translator(options.checkpoint, average_last=options.average)
-    sentences = options.sentences or [line.strip() for line in sys.stdin if line.strip()]
+    # Every stdin line gets an output line, a blank one for a blank line, so the output
+    # stays aligned with the input.
+    sentences = options.sentences or [line.strip() for line in read_lines()]
     outputs = translator.translate(
         sentences, beam_size=options.beam, length_penalty=options.length_penalty
     )
@@ -144,5 +167,4 @@ def run(args: argparse.Namespace) -> int:
         {"train": _train, "eval": _eval},
         list(args.args),
         default=_translate,
-        errors=(FileNotFoundError, ValueError),
     )

@@ -17,6 +17,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from qkv.cli._options import (
+    Parser,
+    add_overwrite,
+    device,
+    non_negative_int,
+    overwrite_option,
+    positive_int,
+)
 from qkv.cli._subcommands import add_group_parser, dispatch
 
 USAGE = __doc__
@@ -37,27 +45,32 @@ def _set_threads(threads: int | None) -> None:
     if threads is not None:
         import torch
 
-        if threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
 
 
 def _train(argv: list[str]) -> int:
     from qkv.tasks.vit import PRESETS, train_vit
 
-    p = argparse.ArgumentParser(prog="qkv vit train")
+    p = Parser(prog="qkv vit train")
     p.add_argument("--preset", choices=sorted(PRESETS), default="fashion")
     p.add_argument("--run-dir", default="runs/vit-fashion")
-    p.add_argument("--steps", type=int, help="override the preset's number of steps")
+    p.add_argument("--steps", type=positive_int, help="override the preset's number of steps")
     p.add_argument(
-        "--batch-size", type=int, help="override the preset's batch (per process under torchrun)"
+        "--batch-size",
+        type=positive_int,
+        help="override the preset's batch (per process under torchrun)",
     )
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--limit", type=int, help="use only the first N train and test images")
+    add_overwrite(p)
+    p.add_argument("--limit", type=positive_int, help="use only the first N train and test images")
     p.add_argument("--data", help="Fashion-MNIST directory (default: Debian's)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--device", type=device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument(
+        "--threads", type=positive_int, help="torch CPU threads (default: torch's choice)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     o = p.parse_args(argv)
     _set_threads(o.threads)
@@ -72,6 +85,7 @@ def _train(argv: list[str]) -> int:
         device=o.device,
         seed=o.seed,
         progress=False if o.no_progress else None,
+        **overwrite_option(train_vit, o.overwrite),
     )
     if report is None:  # not the main process of a torchrun run
         return 0
@@ -88,16 +102,16 @@ def _train(argv: list[str]) -> int:
 def _eval(argv: list[str]) -> int:
     from qkv.tasks.vit import load_classifier, load_images
 
-    p = argparse.ArgumentParser(prog="qkv vit eval")
+    p = Parser(prog="qkv vit eval")
     p.add_argument("checkpoint", help="a run directory or one of its checkpoints")
     p.add_argument("--data", help="Fashion-MNIST directory (default: Debian's)")
-    p.add_argument("--limit", type=int, help="score only the first N test images")
+    p.add_argument("--limit", type=positive_int, help="score only the first N test images")
     p.add_argument(
         "--test-flip",
         action="store_true",
         help="average each image with its mirror image (default: as the run was trained)",
     )
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=positive_int)
     o = p.parse_args(argv)
     _set_threads(o.threads)
     classifier = load_classifier(o.checkpoint)
@@ -126,10 +140,13 @@ def _read(source: str, classifier: Any) -> Any:
     name, _, index = source.partition(":")
     if not (name in IMAGE_SETS and index.isdigit()) and not Path(source).is_file():
         raise FileNotFoundError(f"image {source} not found")
+    from PIL.Image import DecompressionBombError
+
     try:
         loaded = Loaded("vit", classifier.model, {"max_value": classifier.max_value})
         return read_image(source, loaded)[0]
-    except (OSError, SyntaxError) as error:  # PIL: UnidentifiedImageError is an OSError
+    # PIL: UnidentifiedImageError is an OSError; a huge image is a DecompressionBombError.
+    except (OSError, SyntaxError, DecompressionBombError) as error:
         raise ValueError(f"cannot read {source} as an image ({error})") from error
     except IndexError as error:
         raise ValueError(f"{source}: no such test image ({error})") from error
@@ -140,10 +157,10 @@ def _classify(argv: list[str]) -> int:
 
     from qkv.tasks.vit import load_classifier
 
-    p = argparse.ArgumentParser(prog="qkv vit classify")
+    p = Parser(prog="qkv vit classify")
     p.add_argument("checkpoint", help="a run directory or one of its checkpoints")
     p.add_argument("images", nargs="+", help="image files, or fashion-mnist:N / digits:N")
-    p.add_argument("--top", type=int, default=5, help="classes to show per image")
+    p.add_argument("--top", type=positive_int, default=5, help="classes to show per image")
     o = p.parse_intermixed_args(argv)
     classifier = load_classifier(o.checkpoint)
     images = torch.stack([_read(source, classifier) for source in o.images])  # (b, c, H, W)
@@ -156,4 +173,4 @@ def _classify(argv: list[str]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     commands = {"train": _train, "eval": _eval, "classify": _classify}
-    return dispatch("vit", USAGE, commands, list(args.args), errors=(FileNotFoundError, ValueError))
+    return dispatch("vit", USAGE, commands, list(args.args))

@@ -115,24 +115,45 @@ def read_weights(directory: str | Path) -> dict[str, Tensor]:
     """The tensors of a checkpoint folder: ``model.safetensors``, a sharded
     ``model.safetensors.index.json``, or ``pytorch_model.bin`` (read with
     ``weights_only=True``: a pickle can run code, this refuses anything but tensors)."""
-    from safetensors.torch import load_file
-
     path = Path(directory)
     if (path / "model.safetensors").is_file():
-        return load_file(path / "model.safetensors")
+        return _load_safetensors(path / "model.safetensors")
     index = path / "model.safetensors.index.json"
     if index.is_file():
         weight_map = read_json(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise CheckpointError(f"{index}: no 'weight_map' object")
         shards = sorted(set(weight_map.values()))
-        return {k: v for shard in shards for k, v in load_file(path / shard).items()}
+        return {k: v for shard in shards for k, v in _load_safetensors(path / shard).items()}
     if (path / "pytorch_model.bin").is_file():
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return _finite(path / "pytorch_model.bin", state)
     raise FileNotFoundError(
         f"no weights in {path}: expected model.safetensors, model.safetensors.index.json "
         "or pytorch_model.bin"
     )
+
+
+def _load_safetensors(file: Path) -> dict[str, Tensor]:
+    """The tensors of one safetensors file; a damaged file is named in the error (the
+    library's own message does not say which file)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(file)
+    except SafetensorError as error:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({error})") from None
+    return _finite(file, tensors)
+
+
+def _finite(file: Path, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``tensors``, or :class:`CheckpointError` naming the file and the first tensor with
+    a NaN or infinite value: such weights load without complaint and then answer NaN."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{file}: tensor {name} has NaN or infinite values")
+    return tensors
 
 
 def state_problems(

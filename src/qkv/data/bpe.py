@@ -49,6 +49,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from qkv.fileio import write_text_atomic
+
 logger = logging.getLogger(__name__)
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -176,9 +178,13 @@ class BPETokenizer:
     def save(self, path: str | Path) -> Path:
         """Write the whole tokenizer (normalizer, merges, vocabulary) as one JSON file."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(str(path))
+        # Atomic: a run killed mid-save keeps the old file or the new one, never half.
+        write_text_atomic(path, self.to_json())
         return path
+
+    def to_json(self) -> str:
+        """The text :meth:`save` writes (what a run's identity hashes)."""
+        return self.tokenizer.to_str(pretty=True)
 
     @classmethod
     def load(cls, path: str | Path) -> BPETokenizer:

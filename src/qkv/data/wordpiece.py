@@ -45,6 +45,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from tokenizers import trainers as tokenizer_trainers
 from torch import Tensor
 
+from qkv.fileio import write_text_atomic
+
 __all__ = ["SPECIAL_TOKENS", "Encoded", "WordPieceTokenizer"]
 
 logger = logging.getLogger(__name__)
@@ -245,13 +247,14 @@ class WordPieceTokenizer:
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(str(directory / TOKENIZER_FILE))
+        # Each file atomically: a run killed mid-save never leaves half a vocabulary.
+        write_text_atomic(directory / TOKENIZER_FILE, self.tokenizer.to_str(pretty=True))
         vocab = sorted(
             self.tokenizer.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1]
         )
         if [i for _, i in vocab] != list(range(len(vocab))):
             raise ValueError("token ids are not contiguous; cannot write vocab.txt")
-        (directory / VOCAB_FILE).write_text("".join(f"{token}\n" for token, _ in vocab))
+        write_text_atomic(directory / VOCAB_FILE, "".join(f"{token}\n" for token, _ in vocab))
         normalizer = json.loads(self.tokenizer.to_str())["normalizer"] or {}
         config = {
             "tokenizer_class": "BertTokenizer",
@@ -266,7 +269,7 @@ class WordPieceTokenizer:
         }
         if model_max_length is not None:
             config["model_max_length"] = model_max_length
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        write_text_atomic(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
 
     # -- the vocabulary ------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ A checkpoint is a directory ``<run>/checkpoints/step-00001234/`` holding
 - ``meta.json``: the step, the position in the data, the model's family and
   configuration (so the model rebuilds without the training command line).
 
-It is built in a temporary directory and renamed into place, and the file
+It is built in a temporary directory (``.tmp-*``) and renamed into place, and the file
 ``<run>/checkpoints/latest`` (itself replaced atomically) names the newest one: a
 run killed at any moment leaves either the old or the new checkpoint, never half
 of one.
@@ -16,7 +16,9 @@ of one.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 
@@ -41,6 +44,8 @@ __all__ = [
     "save_checkpoint",
     "write_json_atomic",
 ]
+
+logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 TRAINER_FILE = "trainer.pt"
@@ -67,28 +72,52 @@ def save_checkpoint(
     *,
     keep: int = 5,
 ) -> Path:
-    """Write checkpoint ``step`` under ``run_dir`` and keep only the newest ``keep``."""
+    """Write checkpoint ``step`` under ``run_dir`` and keep only the newest ``keep``.
+
+    A full disk raises ``OSError`` (ENOSPC) saying so and naming the folder; the older
+    checkpoints and ``latest`` are left as they were.
+    """
     root = _checkpoint_dir(Path(run_dir))
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-step-{step:08d}-"))
     try:
+        _write_checkpoint(root, final, model, trainer_state, {**meta, "step": step})
+        write_json_atomic(root / "latest", {"checkpoint": final.name, "step": step})
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise OSError(
+                errno.ENOSPC,
+                f"no space left on device while writing checkpoint {final.name} in {root}; "
+                "the older checkpoints are kept (free some space, then --resume)",
+            ) from error
+        raise
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old.path, ignore_errors=True)
+    return final
+
+
+def _write_checkpoint(
+    root: Path, final: Path, model: nn.Module, trainer_state: dict[str, Any], meta: dict[str, Any]
+) -> None:
+    """Build the checkpoint in a temporary folder (``.tmp-*``: a run directory removes
+    those at start) and rename it to ``final``."""
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{final.name}-"))
+    aside = root / f".tmp-old-{final.name}"
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the checkpoint from other users
         save_model(model, str(tmp / MODEL_FILE))
         torch.save(trainer_state, tmp / TRAINER_FILE)
-        (tmp / META_FILE).write_text(json.dumps({**meta, "step": step}, indent=2))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         for file in tmp.iterdir():
             with open(file, "rb") as f:
                 os.fsync(f.fileno())
-        if final.exists():  # the same step written again after a resume
-            shutil.rmtree(final)
+        if final.exists():  # the same step written again after a resume: move it aside,
+            os.replace(final, aside)  # so a kill here leaves it whole (not a half-deleted one)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    write_json_atomic(root / "latest", {"checkpoint": final.name, "step": step})
-    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old.path, ignore_errors=True)
-    return final
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -114,14 +143,25 @@ def list_checkpoints(run_dir: str | Path) -> list[Checkpoint]:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Checkpoint | None:
-    """The checkpoint named by ``latest`` (or the newest complete one), if any."""
+    """The checkpoint named by ``latest`` (or the newest complete one), if any.
+
+    A ``latest`` that is unreadable or names a missing or incomplete checkpoint falls
+    back to the newest complete one, with a warning.
+    """
     root = _checkpoint_dir(Path(run_dir))
     pointer = root / "latest"
     if pointer.is_file():
-        name = json.loads(pointer.read_text())["checkpoint"]
-        if (root / name / META_FILE).is_file():
+        try:
+            name = json.loads(pointer.read_text())["checkpoint"]
             meta = read_meta(root / name)
             return Checkpoint(root / name, int(meta["step"]), meta)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            logger.warning(
+                "%s is corrupt or names a missing checkpoint (%s); using the newest "
+                "complete checkpoint instead",
+                pointer,
+                error,
+            )
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
 
@@ -144,18 +184,30 @@ def resolve_checkpoint(path: str | Path) -> Checkpoint:
 def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> None:
     """Load ``model.safetensors`` of a checkpoint directory (or a file) into ``model``.
 
-    Raises ``ValueError`` listing missing and unexpected keys when they do not match.
+    Raises ``ValueError`` listing missing and unexpected keys when they do not match, and
+    naming the file and the tensor when one holds NaN or infinite values (the model is
+    then left unchanged).
     """
     path = Path(path)
     file = path / MODEL_FILE if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"no weights at {file}")
+    _check_finite(file)
     missing, unexpected = load_model(model, str(file), strict=False)
     if strict and (missing or unexpected):
         raise ValueError(
             f"weights in {file} do not fit the model: missing {sorted(missing)}, "
             f"unexpected {sorted(unexpected)}"
         )
+
+
+def _check_finite(file: Path) -> None:
+    """Refuse weights with NaN or inf, one tensor at a time (memory-mapped)."""
+    with safe_open(str(file), framework="pt") as f:
+        for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+            tensor = f.get_tensor(name)
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"weights in {file} hold NaN or infinite values in {name}")
 
 
 def load_trainer_state(path: str | Path) -> dict[str, Any]:

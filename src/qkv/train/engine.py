@@ -28,6 +28,8 @@ import contextlib
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -50,7 +52,7 @@ from qkv.train.distributed import DistributedContext, all_reduce_sum, init_distr
 from qkv.train.metrics import MetricsLog, plot_curves
 from qkv.train.schedules import Schedule, make_scheduler
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "TrainingDiverged"]
+__all__ = ["TrainConfig", "TrainResult", "Trainer", "TrainingDiverged", "TrainingInterrupted"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,19 @@ LossFn = Callable[[nn.Module, Any], tuple[Tensor, Tensor | int]]
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped :meth:`Trainer.fit` after a step, and a checkpoint of
+    that step was written (the command line exits with 128 + ``signal_number``)."""
+
+    def __init__(self, signal_number: int, step: int, checkpoint: Path | None) -> None:
+        self.signal_number = signal_number
+        self.step = step
+        self.checkpoint = checkpoint
+        name = signal.Signals(signal_number).name
+        where = f"; checkpoint {checkpoint}" if checkpoint is not None else ""
+        super().__init__(f"training stopped by {name} after step {step}{where}")
 
 
 @dataclass(frozen=True)
@@ -288,21 +303,48 @@ class Trainer:
             dynamic_ncols=True,
         )
         run = _Run(TrainResult(self.step, None), bar, metrics, checkpointed=resumed_at is not None)
+        stop = _StopSignals()
         try:
-            while self.step < config.max_steps:
-                loss, targets, grad_norm, lr = self._train_step(model, stream)
-                self._log(run, loss, targets, grad_norm, lr)
-                bar.update(1)
-                self._maybe_evaluate(run)
-                self._maybe_checkpoint(run)
+            with stop:
+                while self.step < config.max_steps and not self._stop_requested(stop):
+                    loss, targets, grad_norm, lr = self._train_step(model, stream)
+                    self._log(run, loss, targets, grad_norm, lr)
+                    bar.update(1)
+                    self._maybe_evaluate(run)
+                    self._maybe_checkpoint(run)
+                if stop.received is not None:
+                    self._checkpoint_interrupted(run)
         finally:
             bar.close()
             if metrics is not None:
                 metrics.close()
+        if stop.received is not None:
+            # Raised here, outside the loop: the caller reports it in one line.
+            raise TrainingInterrupted(stop.received, self.step, run.result.last_checkpoint)
         run.result.step = self.step
         if context.is_main and run.checkpointed:
             self._plot_curves()
         return run.result
+
+    def _stop_requested(self, stop: _StopSignals) -> bool:
+        """True once a stop signal came, to any process (they all stop at the same step)."""
+        flag = torch.tensor(float(stop.received or 0), dtype=torch.float64, device=self.device)
+        total = all_reduce_sum(flag, self.context)
+        if total.item() and stop.received is None:  # another process got it
+            stop.received = signal.SIGTERM
+        return bool(total.item())
+
+    def _checkpoint_interrupted(self, run: _Run) -> None:
+        """Checkpoint the last finished step (unless just written) and say where."""
+        last = run.result.last_checkpoint
+        if last is None or not last.name.endswith(f"{self.step:08d}"):
+            run.result.last_checkpoint = self.save()
+        if self.context.is_main:
+            logger.warning(
+                "interrupted: checkpoint of step %d written to %s; continue with --resume",
+                self.step,
+                run.result.last_checkpoint,
+            )
 
     def _train_step(
         self, model: nn.Module, stream: Iterator[Any]
@@ -419,3 +461,33 @@ class Trainer:
             plot_curves(self.run_dir / "metrics.csv", self.run_dir / "loss_curves.png")
         except Exception as error:  # a missing plot must not lose a finished run
             logger.warning("could not plot the loss curves: %s", error)
+
+
+class _StopSignals:
+    """While active, SIGINT and SIGTERM only set ``received``: the loop finishes its step,
+    checkpoints, and stops. A second signal acts as it would have without this (Ctrl-C
+    twice stops at once). Handlers go in only in the main thread (Python allows no other)
+    and the previous ones come back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for number in self.SIGNALS:
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number: int, frame: Any) -> None:
+        self.received = number
+        for other, handler in self._previous.items():  # the next signal is not caught
+            signal.signal(other, handler)
+        logger.warning("%s received: stopping after this step", signal.Signals(number).name)
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()

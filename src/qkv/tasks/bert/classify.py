@@ -6,6 +6,7 @@ Notation: b batch size, C labels.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +15,48 @@ import torch
 from torch import Tensor
 
 from qkv.convert.bert import from_pretrained
+from qkv.convert.common import CheckpointError
 from qkv.data.wordpiece import CONFIG_FILE, WordPieceTokenizer
 from qkv.models.bert import BertForSequenceClassification
 from qkv.tasks.bert.common import checkpoint_dir, model_device
 
-__all__ = ["Classifier", "Prediction"]
+__all__ = ["Classifier", "Prediction", "warn_if_truncated"]
+
+log = logging.getLogger(__name__)
+HEAD_WEIGHT = "classifier.weight"
+
+
+def warn_if_truncated(tokenizer: WordPieceTokenizer, texts: Sequence[str], max_length: int) -> None:
+    """Warn about each text longer than ``max_length`` tokens (``[CLS]``/``[SEP]``
+    included): the model reads only its beginning."""
+    for i, ids in enumerate(tokenizer.encode_ids(texts)):
+        if len(ids) + 2 > max_length:
+            log.warning(
+                "text %d is %d tokens long, the model reads at most %d: truncated",
+                i + 1,
+                len(ids) + 2,
+                max_length,
+            )
+
+
+def _weight_names(path: Path) -> set[str]:
+    """The tensor names of a checkpoint folder, read from the file headers where the
+    format allows (safetensors), so a large checkpoint is not loaded twice."""
+    from safetensors import SafetensorError, safe_open
+
+    from qkv.convert.common import read_json, read_weights
+
+    file = path / "model.safetensors"
+    if file.is_file():
+        try:
+            with safe_open(file, framework="pt") as opened:
+                return set(opened.keys())
+        except SafetensorError as error:  # its message does not name the file
+            raise CheckpointError(f"{file}: not a readable safetensors file ({error})") from None
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return set(read_json(index).get("weight_map") or {})
+    return set(read_weights(path))
 
 
 @dataclass
@@ -40,6 +78,12 @@ class Classifier:
         """From a fine-tuned checkpoint folder; inputs are truncated to the length the
         model was trained with (``model_max_length`` of ``tokenizer_config.json``)."""
         path = checkpoint_dir(path)
+        # Without its trained head a classifier answers at random: refuse it.
+        if (path / "config.json").is_file() and HEAD_WEIGHT not in _weight_names(path):
+            raise CheckpointError(
+                f"{path}: no trained classification head ({HEAD_WEIGHT} is not in its "
+                "weights); fine-tune it first (qkv bert finetune), or use qkv embed"
+            )
         model = from_pretrained(path, "classification")
         assert isinstance(model, BertForSequenceClassification)
         max_length = model.config.max_position_embeddings
@@ -53,6 +97,7 @@ class Classifier:
         """Shape: ``b`` texts -> ``(b, C)``; batches of similar length (less padding to
         compute), input order kept."""
         self.model.eval()
+        warn_if_truncated(self.tokenizer, texts, self.max_length)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = torch.empty(len(texts), self.model.num_labels)
         device = model_device(self.model)

@@ -18,6 +18,7 @@ from torch import Tensor
 from qkv.convert.bert import from_pretrained
 from qkv.data.wordpiece import WordPieceTokenizer
 from qkv.models.bert import BertModel
+from qkv.tasks.bert.classify import warn_if_truncated
 from qkv.tasks.bert.common import checkpoint_dir, minilm_path, model_device
 
 __all__ = ["SentenceEncoder", "cosine_similarities", "mean_pool"]
@@ -67,6 +68,7 @@ class SentenceEncoder:
     ) -> Tensor:
         """Shape: ``b`` sentences -> ``(b, d)`` embeddings, unit length if ``normalize``."""
         self.model.eval()
+        warn_if_truncated(self.tokenizer, sentences, self.max_length)
         out = []
         for start in range(0, len(sentences), batch_size):
             batch = self.tokenizer.encode(

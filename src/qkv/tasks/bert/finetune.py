@@ -13,7 +13,6 @@ Notation: b batch size, C labels.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 from qkv.convert.bert import from_pretrained, save_pretrained
 from qkv.data.text import load_labelled
 from qkv.data.wordpiece import WordPieceTokenizer
+from qkv.fileio import write_json_atomic
 from qkv.losses import summed
 from qkv.models.bert import BertConfig, BertForSequenceClassification
 from qkv.tasks.bert.classify import Classifier
@@ -37,6 +37,7 @@ from qkv.tasks.bert.common import MODEL_DIR, checkpoint_dir, epoch_order
 from qkv.train import TrainConfig, Trainer
 from qkv.train.optim import parameter_groups
 from qkv.train.recipe import Recipe
+from qkv.train.rundir import open_run_dir
 
 __all__ = ["FinetuneRecipe", "FinetuneReport", "finetune", "subsample"]
 
@@ -194,6 +195,7 @@ def finetune(
     limits: tuple[int | None, int | None, int | None] = (None, None, None),
     device: str | None = None,
     progress: bool | None = None,
+    overwrite: bool = False,
 ) -> FinetuneReport:
     """Fine-tune a sequence classifier on ``dataset`` (``bbc`` or ``tweets``), once per seed.
 
@@ -208,10 +210,13 @@ def finetune(
             split is fixed (:func:`qkv.data.text.split_of`).
         limits: at most that many (train, valid, test) examples, ``None`` for all: a
             sample drawn with a fixed seed (:func:`subsample`), the same for every seed.
+        overwrite: replace a run already in ``run_dir`` (else such a folder is refused:
+            :mod:`qkv.train.rundir`; fine-tuning does not resume).
 
     Each seed writes ``run_dir/seed-N/`` (the engine's checkpoints and metrics) and
     ``run_dir/seed-N/model/`` (the classifier, Hugging Face format, with its tokenizer
-    and label names); the report also goes to ``run_dir/results.json``.
+    and label names); the report also goes to ``run_dir/results.json``. The options, the
+    data and the vocabulary are settled before ``run_dir`` is touched.
     """
     recipe = recipe or FinetuneRecipe()
     if (checkpoint is None) == (preset is None):
@@ -227,12 +232,50 @@ def finetune(
         tok = WordPieceTokenizer.from_pretrained(checkpoint_dir(tokenizer))
     else:
         tok = WordPieceTokenizer.train([t for t, _ in train], vocab_size=8192)
-    labels = list(data.label_names)
+    # The engine's settings are checked now, not after the run directory is opened.
+    recipe.train_config(math.ceil(len(train) / recipe.batch_size), seeds[0] if seeds else 0)
+    if preset is not None and not hasattr(BertConfig, preset):
+        raise ValueError(f"unknown BERT preset {preset!r}")
     report = FinetuneReport(
         dataset,
         str(checkpoint) if checkpoint is not None else f"{preset} from scratch",
         {"train": len(train), "valid": len(valid), "test": len(test)},
     )
+    identity = {
+        "task": "bert-finetune",
+        **recipe.to_dict(),
+        "source": {"checkpoint": _str(checkpoint), "preset": preset, "tokenizer": _str(tokenizer)},
+        "data": {"dataset": dataset, "path": _str(data_path), "limits": list(limits)},
+        "seeds": list(seeds),
+    }
+    with open_run_dir(run_dir, resume=False, overwrite=overwrite, identity=identity):
+        return _finetune_seeds(
+            Path(run_dir), report, recipe, tok, list(data.label_names), (train, valid, test),
+            source=source, preset=preset, seeds=seeds, device=device, progress=progress,
+        )  # fmt: skip
+
+
+def _str(path: str | Path | None) -> str | None:
+    return str(path) if path is not None else None
+
+
+def _finetune_seeds(
+    run_dir: Path,
+    report: FinetuneReport,
+    recipe: FinetuneRecipe,
+    tok: WordPieceTokenizer,
+    labels: list[str],
+    splits: tuple[list[Example], list[Example], list[Example]],
+    *,
+    source: Path | None,
+    preset: str | None,
+    seeds: Sequence[int],
+    device: str | None,
+    progress: bool | None,
+) -> FinetuneReport:
+    """One fine-tuning per seed into ``run_dir/seed-N``, filling ``report`` (the run
+    directory is open)."""
+    train, valid, test = splits
     for seed in seeds:
         torch.manual_seed(seed)  # the new head's initialisation (and the whole model's)
         model = _new_classifier(tok, labels, source, preset, recipe.model)
@@ -250,5 +293,5 @@ def finetune(
         logger.info("seed %d: test accuracy %.4f", seed, report.test_accuracy[seed])
     results = asdict(report) | {"recipe": recipe.to_dict(), "mean": report.mean, "std": report.std}
     results["model_dirs"] = {seed: str(path) for seed, path in report.model_dirs.items()}
-    (Path(run_dir) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json_atomic(run_dir / "results.json", results)
     return report

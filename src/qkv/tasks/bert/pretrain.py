@@ -11,10 +11,9 @@ Notation: b batch size, L sequence length, V vocabulary size, n masked positions
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from qkv.convert.bert import save_pretrained
 from qkv.data.mlm import MLMBatch, MLMCollator, pack_sequences
 from qkv.data.text import load_mlm_text
 from qkv.data.wordpiece import WordPieceTokenizer
+from qkv.fileio import write_json_atomic
 from qkv.losses import summed
 from qkv.models.bert import BertConfig, BertForMaskedLM
 from qkv.tasks.bert.common import (
@@ -34,8 +34,10 @@ from qkv.tasks.bert.common import (
     model_device,
 )
 from qkv.train import TrainConfig, Trainer
+from qkv.train.checkpoint import list_checkpoints
 from qkv.train.optim import parameter_groups
 from qkv.train.recipe import Recipe
+from qkv.train.rundir import IDENTITY_FILE, RunDirError, open_run_dir
 
 __all__ = ["PretrainRecipe", "PretrainReport", "evaluate_mlm", "mlm_loss", "pretrain"]
 
@@ -155,6 +157,7 @@ def pretrain(
     tokenizer: str | Path | None = None,
     max_documents: int | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     seed: int = 0,
     device: str | None = None,
     progress: bool | None = None,
@@ -169,25 +172,21 @@ def pretrain(
             default: train a WordPiece vocabulary on the train text.
         max_documents: use only that many train and held-out documents (tests).
         resume: continue from the last checkpoint in ``run_dir``, with its vocabulary.
+        overwrite: replace a run already in ``run_dir`` (without ``resume`` or this, such
+            a folder is refused: :mod:`qkv.train.rundir`).
 
     The engine's checkpoints and ``metrics.csv`` go to ``run_dir``; the model, Hugging
     Face format with its tokenizer, to ``run_dir/model`` when training ends; the held-out
     figures before and after (``metrics.csv`` has the ones between) to
-    ``run_dir/results.json``.
+    ``run_dir/results.json``. The options, the text and the vocabulary are settled
+    before ``run_dir`` is touched.
     """
     recipe = recipe or PretrainRecipe.create()
     run_dir = Path(run_dir)
-    model_dir = run_dir / MODEL_DIR
     text = load_mlm_text()
     train_docs, held_out_docs = text.train[:max_documents], text.held_out[:max_documents]
     logger.info("pretraining on %d documents, %d held out", len(train_docs), len(held_out_docs))
-    if resume and (model_dir / "tokenizer.json").is_file():
-        tok = WordPieceTokenizer.from_pretrained(model_dir)
-    elif tokenizer is not None:
-        tok = WordPieceTokenizer.from_pretrained(checkpoint_dir(tokenizer))
-    else:
-        tok = WordPieceTokenizer.train(train_docs, vocab_size=recipe.model.vocab_size)
-    tok.save(model_dir, model_max_length=recipe.max_length)
+    tok = _tokenizer(run_dir, train_docs, recipe, tokenizer, resume=resume)
 
     def packed(docs: Sequence[str]) -> list[list[int]]:
         ids = tok.encode_ids(docs)
@@ -196,6 +195,7 @@ def pretrain(
     train_seqs = packed(train_docs)
     if len(train_seqs) < recipe.batch_size:
         raise ValueError(f"{len(train_seqs)} train sequences for batch_size {recipe.batch_size}")
+    logger.info("%d train sequences of %d tokens", len(train_seqs), recipe.max_length)
     collate = MLMCollator.from_tokenizer(tok)
     eval_batches = _held_out_batches(packed(held_out_docs), collate, recipe)
 
@@ -206,16 +206,64 @@ def pretrain(
         for i in range(0, len(order) - size + 1, size):  # full batches only
             yield collate([train_seqs[j] for j in order[i : i + size]], generator)
 
+    identity = {
+        "task": "bert-pretrain",
+        **recipe.to_dict(),
+        "seed": seed,
+        "data": {"max_documents": max_documents},
+        "tokenizer": str(tokenizer) if tokenizer is not None else None,
+    }
+
+    def create(path: Path) -> None:  # the vocabulary first: a resume reads it back
+        tok.save(path / MODEL_DIR, model_max_length=recipe.max_length)
+
+    with open_run_dir(run_dir, resume=resume, overwrite=overwrite, identity=identity,
+                      create=create):  # fmt: skip
+        return _pretrain(run_dir, recipe, tok, batches, eval_batches, resume=resume,
+                         seed=seed, device=device, progress=progress)  # fmt: skip
+
+
+def _tokenizer(
+    run_dir: Path,
+    docs: Sequence[str],
+    recipe: PretrainRecipe,
+    source: str | Path | None,
+    *,
+    resume: bool,
+) -> WordPieceTokenizer:
+    """The run's vocabulary when resuming one (a missing one is an error, never a new
+    vocabulary under old weights); else ``source``'s, or one trained on ``docs``."""
+    model_dir = run_dir / MODEL_DIR
+    if resume and (model_dir / "tokenizer.json").is_file():
+        return WordPieceTokenizer.from_pretrained(model_dir)
+    if resume and ((run_dir / IDENTITY_FILE).is_file() or list_checkpoints(run_dir)):
+        raise RunDirError(
+            f"{run_dir} holds a run without its {MODEL_DIR}/tokenizer.json; it cannot be "
+            "resumed (pass --overwrite to train a new run there)"
+        )
+    if source is not None:
+        return WordPieceTokenizer.from_pretrained(checkpoint_dir(source))
+    return WordPieceTokenizer.train(docs, vocab_size=recipe.model.vocab_size)
+
+
+def _pretrain(
+    run_dir: Path,
+    recipe: PretrainRecipe,
+    tok: WordPieceTokenizer,
+    batches: Callable[[int], Iterator[MLMBatch]],
+    eval_batches: list[MLMBatch],
+    *,
+    resume: bool,
+    seed: int,
+    device: str | None,
+    progress: bool | None,
+) -> PretrainReport:
+    """Build the model, train, save it and the held-out figures (the run directory is open)."""
+    model_dir = run_dir / MODEL_DIR
     config = replace(recipe.model, vocab_size=tok.vocab_size, pad_id=tok.pad_id)
     torch.manual_seed(seed)
     model = BertForMaskedLM(config)
-    logger.info(
-        "BERT %s: %d parameters; %d train sequences of %d tokens",
-        recipe.name,
-        sum(p.numel() for p in model.parameters()),
-        len(train_seqs),
-        recipe.max_length,
-    )
+    logger.info("BERT %s: %d parameters", recipe.name, sum(p.numel() for p in model.parameters()))
     initial = {} if resume else evaluate_mlm(model, eval_batches)
     trainer = Trainer(
         model,
@@ -237,5 +285,5 @@ def pretrain(
     report = PretrainReport(model_dir, initial, final, result.step, seconds, result.history)
     results = {k: v for k, v in asdict(report).items() if k != "history"}
     results |= {"model_dir": str(model_dir), "recipe": recipe.to_dict()}
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json_atomic(run_dir / "results.json", results)
     return report

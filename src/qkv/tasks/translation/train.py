@@ -3,12 +3,14 @@ a joint BPE vocabulary trained on the training split (:mod:`qkv.data.bpe`), batc
 grouped by length (:mod:`qkv.data.batching`), the shared training engine
 (:mod:`qkv.train`), validation loss and greedy BLEU while training.
 
-A run directory holds ``tokenizer.json``, ``checkpoints/step-*/`` (weights, the model
+A run directory (:mod:`qkv.train.rundir`: locked, never overwritten by accident) holds
+``run.json`` (what defines the run), ``tokenizer.json``, ``checkpoints/step-*/`` (weights, the model
 configuration and the recipe), ``metrics.csv`` and ``loss_curves.png``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -20,14 +22,16 @@ from torch import nn
 
 from qkv.data.batching import Seq2SeqBatch, collate_pairs, token_batches
 from qkv.data.bpe import BOS_ID, EOS_ID, PAD_ID, TranslationTokenizer
-from qkv.data.translation import Direction, load_translation
+from qkv.data.translation import Direction, ParallelCorpus, load_translation
 from qkv.models.transformer import Transformer
 from qkv.tasks.translation.presets import PRESETS, TranslationPreset
 from qkv.tasks.translation.translator import FAMILY, Translator, score
 from qkv.train import Trainer, TrainResult
+from qkv.train.checkpoint import list_checkpoints
 from qkv.train.losses import seq2seq_loss
+from qkv.train.rundir import IDENTITY_FILE, RunDirError, open_run_dir
 
-__all__ = ["encode_pairs", "epoch_batches", "train_translator"]
+__all__ = ["encode_pairs", "epoch_batches", "tokenizer_sha256", "train_translator"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +84,7 @@ def train_translator(
     direction: Direction = "de-en",
     data_path: str | Path | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     max_steps: int | None = None,
     limit: int | None = None,
     bleu_sentences: int = 200,
@@ -92,23 +97,78 @@ def train_translator(
     Validation every ``train.eval_every`` steps: loss on the whole valid split and
     BLEU (greedy) on its first ``bleu_sentences`` sentences. ``limit`` keeps only that
     many sentence pairs (tests). With ``resume`` the tokenizer and the training
-    state come from ``run_dir``.
+    state come from ``run_dir``; ``overwrite`` replaces a run already there (without
+    either, such a folder is refused: :mod:`qkv.train.rundir`).
+
+    The options, the corpus and the tokenizer are settled before ``run_dir`` is touched.
     """
     recipe = PRESETS[preset] if isinstance(preset, str) else preset
     recipe = recipe.override({"train.seed": seed})
     if max_steps is not None:
         recipe = recipe.override({"train.max_steps": max_steps})
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     corpus = load_translation(
         data_path, direction=direction, include_phrases=recipe.include_phrases, limit=limit
     )
     logger.info("%r", corpus)
-    if resume and (run_dir / "tokenizer.json").is_file():
-        tokenizer = TranslationTokenizer.load(run_dir)
-    else:
-        tokenizer = TranslationTokenizer.train(corpus.train, vocab_size=recipe.vocab_size)
-        tokenizer.save(run_dir)
+    tokenizer = _tokenizer(run_dir, corpus.train, recipe.vocab_size, resume=resume)
+    identity = {
+        "task": "translation",
+        **recipe.to_dict(),
+        "direction": direction,
+        "data": {"path": str(data_path) if data_path is not None else None, "limit": limit},
+        "tokenizer_sha256": tokenizer_sha256(tokenizer),
+    }
+    with open_run_dir(
+        run_dir,
+        resume=resume,
+        overwrite=overwrite,
+        identity=identity,
+        create=tokenizer.save,  # tokenizer.json first, then run.json
+    ):
+        return _train(run_dir, recipe, corpus, tokenizer, direction, resume=resume,
+                      bleu_sentences=bleu_sentences, device=device, seed=seed,
+                      progress=progress)  # fmt: skip
+
+
+def tokenizer_sha256(tokenizer: TranslationTokenizer) -> str:
+    """SHA-256 of the tokenizer file(s) :meth:`TranslationTokenizer.save` writes."""
+    parts = [tokenizer.source] if tokenizer.joint else [tokenizer.source, tokenizer.target]
+    return hashlib.sha256("".join(p.to_json() for p in parts).encode()).hexdigest()
+
+
+def _tokenizer(
+    run_dir: Path, sentences: Sequence[tuple[str, str]], vocab_size: int, *, resume: bool
+) -> TranslationTokenizer:
+    """The run's tokenizer when resuming one; else one trained on ``sentences`` (in memory:
+    the run directory writes it). A resumed run whose tokenizer is gone is an error, never
+    a new vocabulary under old weights."""
+    if resume:
+        try:
+            return TranslationTokenizer.load(run_dir)
+        except FileNotFoundError:
+            if (run_dir / IDENTITY_FILE).is_file() or list_checkpoints(run_dir):
+                raise RunDirError(
+                    f"{run_dir} holds a run without its tokenizer.json; it cannot be resumed "
+                    "(pass --overwrite to train a new run there)"
+                ) from None
+    return TranslationTokenizer.train(sentences, vocab_size=vocab_size)
+
+
+def _train(
+    run_dir: Path,
+    recipe: TranslationPreset,
+    corpus: ParallelCorpus,
+    tokenizer: TranslationTokenizer,
+    direction: Direction,
+    *,
+    resume: bool,
+    bleu_sentences: int,
+    device: str | None,
+    seed: int,
+    progress: bool | None,
+) -> TrainResult:
+    """Build the model and train it (the run directory is open)."""
     torch.manual_seed(seed)
     vocab_size = tokenizer.source.vocab_size
     config = replace(recipe.model, src_vocab_size=vocab_size, tgt_vocab_size=vocab_size)

@@ -7,6 +7,7 @@ model configuration and the recipe): everything :func:`load_translator` needs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ from qkv.train.checkpoint import average_checkpoints, list_checkpoints
 __all__ = ["FAMILY", "Translator", "evaluate_test", "load_translator", "score"]
 
 FAMILY = "transformer-translation"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,13 +54,16 @@ class Translator:
         batch_size: int = 64,
     ) -> list[str]:
         """Translate sentences (greedy when ``beam_size == 1``), in batches of
-        similar length; the output order is the input order."""
+        similar length; the output order is the input order.
+
+        An empty or blank sentence translates to an empty line (a model asked to
+        translate nothing would invent a sentence); one longer than the model's
+        positions is cut to fit, with a warning.
+        """
         self.model.eval()
-        encoded = [
-            self.tokenizer.source.encode(s, add_eos=True)[: self.model.config.max_len]
-            for s in sentences
-        ]
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        encoded = [self._encode(s, i) if s.strip() else [] for i, s in enumerate(sentences)]
+        # Only the sentences with words go to the model; the blank ones stay "".
+        order = sorted((i for i, e in enumerate(encoded) if e), key=lambda i: len(encoded[i]))
         outputs: list[str] = [""] * len(encoded)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
@@ -76,6 +82,20 @@ class Translator:
             for i, tokens in zip(chunk, result.tokens, strict=True):
                 outputs[i] = self.tokenizer.target.decode(tokens)
         return outputs
+
+    def _encode(self, sentence: str, index: int) -> list[int]:
+        """Token ids ending in EOS, cut to the model's ``max_len`` positions."""
+        ids = self.tokenizer.source.encode(sentence, add_eos=True)
+        limit = self.model.config.max_len
+        if len(ids) > limit:
+            log.warning(
+                "sentence %d is %d tokens long, the model reads at most %d: truncated",
+                index + 1,
+                len(ids),
+                limit,
+            )
+            ids = [*ids[: limit - 1], EOS_ID]
+        return ids
 
 
 def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
@@ -103,6 +123,7 @@ def load_translator(
     found = identify(path, expect="translator")
     checkpoint, meta = found.path, found.meta
     run_dir = checkpoint.parent.parent  # RUN/checkpoints/step-N
+    asked = average_last is not None  # the preset's number shrinks to what the run has
     if average_last is None:
         average_last = int(meta.get("preset", {}).get("average_last", 1))
     if average_last < 1:
@@ -110,6 +131,11 @@ def load_translator(
     model = Transformer(TransformerConfig.from_dict(meta["model_config"]))
     if average_last > 1:
         paths = [c.path for c in list_checkpoints(run_dir) if c.step <= meta["step"]]
+        if asked and average_last > len(paths):
+            raise ValueError(
+                f"cannot average the last {average_last} checkpoints: {run_dir} has "
+                f"{len(paths)} up to step {meta['step']}"
+            )
         averaged = average_checkpoints(paths[-average_last:])
         model.load_state_dict(averaged, strict=False)
         # Tied weights are stored once; every parameter must still have been loaded.

@@ -19,7 +19,6 @@ Notation: n images, b batch, c channels, H×W image size, K classes.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -30,7 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from qkv.data.images import RandomCropFlip, image_batches, normalization_stats
+from qkv.data.images import ImageSet, RandomCropFlip, image_batches, normalization_stats
+from qkv.fileio import write_json_atomic
 from qkv.losses import summed
 from qkv.models.vit import ViT
 from qkv.tasks.vit.classifier import FAMILY, evaluate_accuracy
@@ -38,6 +38,7 @@ from qkv.tasks.vit.data import load_images, split_valid, subset
 from qkv.tasks.vit.presets import PRESETS, ViTPreset
 from qkv.train import Trainer
 from qkv.train.optim import parameter_groups
+from qkv.train.rundir import open_run_dir
 
 __all__ = ["TrainReport", "train_vit"]
 
@@ -65,6 +66,7 @@ def train_vit(
     preset: str | ViTPreset = "fashion",
     *,
     resume: bool = False,
+    overwrite: bool = False,
     max_steps: int | None = None,
     batch_size: int | None = None,
     limit: int | None = None,
@@ -77,7 +79,10 @@ def train_vit(
 
     ``limit`` keeps only the first ``limit`` training and test images (smoke tests;
     the validation split is then at most a fifth of them). ``resume`` continues from
-    the run's last checkpoint. ``max_steps`` and ``batch_size`` override the preset's.
+    the run's last checkpoint; ``overwrite`` replaces a run already in ``run_dir`` (without
+    either, such a folder is refused: :mod:`qkv.train.rundir`). ``max_steps`` and
+    ``batch_size`` override the preset's. The options and the images are checked before
+    ``run_dir`` is touched.
 
     Under ``torchrun --nproc_per_node N`` each process takes its own batch of
     ``batch_size`` images a step (N × ``batch_size`` in all); the main process scores
@@ -93,7 +98,6 @@ def train_vit(
     if batch_size is not None:
         preset = preset.override({"batch_size": batch_size})
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     train_set = load_images(preset.dataset, "train", data_dir=data_dir)
     test_set = load_images(preset.dataset, "test", data_dir=data_dir)
     if limit is not None:
@@ -107,6 +111,31 @@ def train_vit(
         mean.tolist(), std.tolist(),
     )  # fmt: skip
 
+    identity = {
+        "task": "vit",
+        **preset.to_dict(),
+        "data": {"dir": str(data_dir) if data_dir is not None else None, "limit": limit},
+    }
+    with open_run_dir(run_dir, resume=resume, overwrite=overwrite, identity=identity):
+        return _train(run_dir, preset, train_set, valid_set, test_set, mean, std,
+                      resume=resume, device=device, seed=seed, progress=progress)  # fmt: skip
+
+
+def _train(
+    run_dir: Path,
+    preset: ViTPreset,
+    train_set: ImageSet,
+    valid_set: ImageSet,
+    test_set: ImageSet,
+    mean: Tensor,
+    std: Tensor,
+    *,
+    resume: bool,
+    device: str | None,
+    seed: int,
+    progress: bool | None,
+) -> TrainReport | None:
+    """Build the model, train, score the test split (the run directory is open)."""
     torch.manual_seed(seed)
     config = preset.model
     model = ViT(config)
@@ -169,5 +198,5 @@ def train_vit(
     test = evaluate_accuracy(model, test_set, mean, std, flip=preset.test_flip)["accuracy"]
     logger.info("test accuracy %.2f%% after %d steps, %.0f s", 100 * test, result.step, seconds)
     report = TrainReport(run_dir, result.step, seconds, test, valid, curve)
-    (run_dir / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
+    write_json_atomic(run_dir / "report.json", report.to_dict())
     return report

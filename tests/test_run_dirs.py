@@ -53,16 +53,20 @@ PAIRS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
+def write_corpus(path: Path) -> Path:
+    """A small Ding-format file of 120 numbered sentence pairs at ``path``."""
     lines = [
         f"{de.replace('.', f' {n}.')} {{f}} :: {en.replace('.', f' {n}.')}\n"
         for n in range(30)
         for de, en in PAIRS
     ]
-    path = tmp_path_factory.mktemp("ding") / "de-en"
     path.write_text("".join(lines), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("ding") / "de-en")
 
 
 def _train(run: Path, corpus: Path, recipe=RECIPE, **options):
@@ -211,8 +215,13 @@ def test_the_lock_goes_on_an_error_and_stale_temporaries_are_removed(tmp_path):
 
 # -- kills at any moment ------------------------------------------------------------------
 
-# A training that SIGKILLs itself at a chosen moment: when os.replace is about to put
-# tokenizer.json or a checkpoint folder in place, or after a metrics row of a given step.
+# A training that SIGKILLs itself at a chosen moment ("kind:target"):
+#   replace:NAME  when os.replace is about to put NAME (a file or checkpoint folder) in place;
+#   metrics:N     right after the metrics rows of step N are written;
+#   row:N         halfway through writing a metrics.csv row of step N;
+#   write:NAME    halfway through Path.write_text of NAME (a checkpoint's meta.json);
+#   lock          right after the lock is taken, before anything else is written;
+#   eval          during the evaluation at the end of training (before the last checkpoint).
 KILLER = """
 import os, signal, sys
 import torch
@@ -239,6 +248,36 @@ elif kind == "metrics":
         if step == int(target):
             die()
     metrics.MetricsLog.log = log
+elif kind == "row":
+    real_write = os.write
+    def write(fd, data):
+        if data.startswith(f"{target},".encode()):
+            real_write(fd, data[: len(data) // 2])
+            die()
+        return real_write(fd, data)
+    os.write = write
+elif kind == "write":
+    import pathlib
+    real_write_text = pathlib.Path.write_text
+    def write_text(self, text, *args, **kwargs):
+        if self.name == target:
+            real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+            die()
+        return real_write_text(self, text, *args, **kwargs)
+    pathlib.Path.write_text = write_text
+elif kind == "lock":
+    import qkv.train.rundir as rundir
+    real_acquire = rundir._acquire
+    def acquire(lock):
+        real_acquire(lock)
+        die()
+    rundir._acquire = acquire
+elif kind == "eval":
+    import importlib
+    task = importlib.import_module("qkv.tasks.translation.train")
+    def score(*args, **kwargs):
+        die()
+    task.score = score
 recipe = eval(recipe)  # the test's own expression: PRESETS['tiny'].override({...})
 train_translator(run, recipe, data_path=corpus, bleu_sentences=2, progress=False,
                  resume=resume == "1")
@@ -279,11 +318,25 @@ def reference(tmp_path_factory, corpus) -> list[tuple[int, float]]:
     return _losses(run)
 
 
-@pytest.mark.parametrize(
-    "moment",
-    ["replace:tokenizer.json", "replace:step-00000004", "metrics:5"],
-    ids=["during-the-tokenizer-write", "during-a-checkpoint-write", "between-checkpoints"],
-)
+# The moments killed: by default, and in the slow set (-m slow).
+KILLS = {
+    "during-the-tokenizer-write": "replace:tokenizer.json",
+    "during-a-checkpoint-write": "replace:step-00000004",
+    "between-checkpoints": "metrics:5",
+}
+SLOW_KILLS = {
+    "during-the-latest-write": "replace:latest",
+    "during-the-run.json-write": "replace:run.json",
+    "after-the-first-step": "metrics:1",
+    "after-the-last-checkpoint-but-one": "metrics:7",
+    "during-a-checkpoint-meta.json-write": "write:meta.json",
+    "during-a-metrics.csv-row-write": "row:5",
+    "right-after-the-lock-is-taken": "lock",
+    "during-the-final-evaluation": "eval",
+}
+
+
+@pytest.mark.parametrize("moment", list(KILLS.values()), ids=list(KILLS))
 def test_a_killed_run_resumes_on_the_same_loss_curve(tmp_path, corpus, reference, moment):
     assert _subprocess_train(tmp_path, corpus, moment, resume=False) == -signal.SIGKILL
     assert json.loads((tmp_path / "run.lock").read_text())["pid"] > 0  # left behind
@@ -298,11 +351,14 @@ def test_a_killed_run_resumes_on_the_same_loss_curve(tmp_path, corpus, reference
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("moment", ["replace:latest", "replace:run.json", "metrics:1", "metrics:7"])
+@pytest.mark.parametrize("moment", list(SLOW_KILLS.values()), ids=list(SLOW_KILLS))
 def test_more_kills_resume_on_the_same_loss_curve(tmp_path, corpus, reference, moment):
     assert _subprocess_train(tmp_path, corpus, moment, resume=False) == -signal.SIGKILL
     assert _subprocess_train(tmp_path, corpus, "none", resume=True) == 0
     assert _losses(tmp_path) == reference
+    _assert_whole_lines(tmp_path)
+    assert not (tmp_path / "run.lock").exists()
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob(".tmp-*"))
 
 
 # -- files of a run -----------------------------------------------------------------------
@@ -402,3 +458,44 @@ def test_a_full_disk_at_a_checkpoint_names_the_folder_and_keeps_the_older(tmp_pa
     assert [c.step for c in list_checkpoints(tmp_path)] == [4]
     assert latest_checkpoint(tmp_path).step == 4
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+# -- a BERT model folder appears whole ------------------------------------------------------
+
+
+def _tiny_bert():
+    from qkv.models.bert import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    return BertModel(BertConfig.tiny(vocab_size=50, d_model=16, d_ff=32))
+
+
+def test_save_pretrained_never_leaves_weights_without_config(tmp_path, monkeypatch):
+    from qkv.convert import bert, common
+
+    def config_write_dies(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(common, "write_text_atomic", config_write_dies)
+    with pytest.raises(OSError, match="No space"):
+        bert.save_pretrained(_tiny_bert(), tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []  # neither model/ nor its temporary sibling
+    monkeypatch.undo()
+    bert.save_pretrained(_tiny_bert(), tmp_path / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+    ]
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
+    # An existing folder (with the tokenizer beside) is written in place.
+    (tmp_path / "model" / "tokenizer.json").write_text("{}")
+    bert.save_pretrained(_tiny_bert(), tmp_path / "model")
+    assert (tmp_path / "model" / "tokenizer.json").read_text() == "{}"
+
+
+def test_a_model_folder_left_half_written_is_removed_on_open(tmp_path):
+    (tmp_path / "seed-0" / ".tmp-pretrained-model-abc").mkdir(parents=True)
+    (tmp_path / "seed-0" / ".tmp-pretrained-model-abc" / "model.safetensors").write_bytes(b"x")
+    with open_run_dir(tmp_path, resume=False, overwrite=False, identity={"task": "t"}):
+        assert not (tmp_path / "seed-0" / ".tmp-pretrained-model-abc").exists()

@@ -256,6 +256,17 @@ def test_missing_file_says_how_to_install(tmp_path):
         find_corpus(missing)
 
 
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_a_line_that_is_not_utf8_is_named_with_file_line_and_column(tmp_path, compressed):
+    data = "\n".join(numbered_lines(3)).encode() + b"\nDer Gr\xfc\xdfe. :: The hello.\n"
+    path = tmp_path / ("de-en.gz" if compressed else "de-en")
+    path.write_bytes(gzip.compress(data) if compressed else data)
+    message = f"{path}: line 4: not valid UTF-8 (byte 0xfc at column 7)"
+    with pytest.raises(ValueError) as excinfo:
+        load_translation(path)
+    assert str(excinfo.value) == message
+
+
 # --- the tokenizer --------------------------------------------------------------------------
 
 SENTENCES = [

@@ -150,17 +150,10 @@ def read_lines(stream: Any = None, *, name: str = "stdin") -> list[str]:
     number of the line at fault rather than a decoder's byte offset into the whole
     stream. A text stream (as tests substitute for stdin) is read as it is.
     """
+    from qkv.data.textio import decode_lines
+
     stream = sys.stdin if stream is None else stream
     binary: BinaryIO | None = getattr(stream, "buffer", None)
     if binary is None:
         return stream.read().splitlines()
-    lines = []
-    for number, raw in enumerate(binary.read().splitlines(), start=1):
-        try:
-            lines.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as error:
-            raise ValueError(
-                f"{name} line {number}: not valid UTF-8 (byte 0x{raw[error.start]:02x} "
-                f"at column {error.start + 1})"
-            ) from None
-    return lines
+    return list(decode_lines(binary.read().splitlines(), name=name))

@@ -130,14 +130,29 @@ def read_image(source: str, loaded: Loaded) -> tuple[Tensor, tuple[str, ...] | N
         images = load_fashion_mnist("test") if name == "fashion-mnist" else load_digits("test")
         # (c, H, W), already in the units the model was trained on
         return images.images[int(index)].float(), images.classes
-    from PIL import Image
-
     mode = "L" if config.in_channels == 1 else "RGB"
-    with Image.open(source) as opened:
+    with _open_image(source) as opened:
         picture = opened.convert(mode).resize((config.image_size, config.image_size))
         pixels = torch.tensor(np.asarray(picture, dtype=np.float32))  # (H, W) or (H, W, c)
     pixels = pixels.reshape(config.image_size, config.image_size, -1).permute(2, 0, 1)  # (c, H, W)
     return pixels * (loaded.extra["max_value"] / 255.0), None
+
+
+def _open_image(source: str) -> Any:
+    """``PIL.Image.open(source)``, refusing an image whose declared size is over Pillow's
+    limit (``PIL.Image.MAX_IMAGE_PIXELS``) with a message naming the file. Pillow itself
+    only warns up to twice the limit and then decodes it all, which can fill the memory;
+    above that its error does not say which file."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(source)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise ValueError(f"{source}: image too large to open safely ({error})") from None
 
 
 def _normalise(image: Tensor, loaded: Loaded) -> Tensor:

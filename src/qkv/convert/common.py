@@ -20,8 +20,12 @@ keys, keys the model does not have, shapes that differ).
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -189,12 +193,36 @@ def write_pretrained(
     directory: str | Path, tensors: Mapping[str, Tensor], config: Mapping[str, Any]
 ) -> None:
     """``model.safetensors`` and ``config.json`` into ``directory``, each written
-    atomically (a crash never leaves a half-written file under the real name)."""
+    atomically (a crash never leaves a half-written file under the real name). A new
+    ``directory`` appears as a whole: a crash never leaves weights without their config."""
     from safetensors.torch import save_file
 
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
     plain = {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
-    with atomic_write(path / "model.safetensors") as tmp:
-        save_file(plain, str(tmp), metadata={"format": "pt"})
-    write_text_atomic(path / CONFIG_FILE, json.dumps(dict(config), indent=2) + "\n")
+    with _new_folder(Path(directory)) as path:
+        with atomic_write(path / "model.safetensors") as tmp:
+            save_file(plain, str(tmp), metadata={"format": "pt"})
+        write_text_atomic(path / CONFIG_FILE, json.dumps(dict(config), indent=2) + "\n")
+
+
+#: Prefix of the folder a new checkpoint folder is written in before it is renamed into
+#: place; :mod:`qkv.train.rundir` removes those a killed run left.
+TMP_FOLDER_PREFIX = ".tmp-pretrained-"
+
+
+@contextmanager
+def _new_folder(path: Path) -> Iterator[Path]:
+    """Yield the folder to write ``path``'s files in. An existing ``path`` is written in
+    place (its files are replaced one by one, each atomically). A new one is written in a
+    temporary sibling, renamed to ``path`` when the block ends without an error, so
+    ``path`` exists only once it is whole; on an error the sibling is removed."""
+    if path.is_dir():
+        yield path
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f"{TMP_FOLDER_PREFIX}{path.name}-"))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the model from other users
+        yield tmp
+        os.replace(tmp, path)  # atomic; fails if another writer made path meanwhile
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

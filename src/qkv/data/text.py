@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qkv.data.splits import Split, hash_split
+from qkv.data.textio import decode_text
 
 __all__ = [
     "DATASETS",
@@ -145,7 +146,7 @@ class LabelledText:
 def load_wikipedia(path: str | Path | None = None) -> list[tuple[str, str]]:
     """The English Wikipedia lead sections: ``(title, extract)`` in the file's order."""
     path = Path(path) if path is not None else package_path(*_WIKI)
-    articles = json.loads(Path(path).read_text(encoding="utf-8"))
+    articles = json.loads(decode_text(path.read_bytes(), name=str(path)))
     return [
         (entry.get("title", title), _normalise(entry["extract"]))
         for title, entry in articles.items()
@@ -165,14 +166,23 @@ def load_bbc(path: str | Path | None = None, *, salt: str = "") -> LabelledText:
     texts, labels = [], []
     for label, topic in enumerate(label_names):
         for file in sorted((root / topic).glob("*.txt")):
-            raw = file.read_bytes()
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:  # one article of the set is in Latin-1
-                text = raw.decode("cp1252", errors="replace")
-            texts.append(_normalise(text))
+            texts.append(_normalise(_read_article(file)))
             labels.append(label)
     return LabelledText.split("bbc", texts, labels, label_names, salt=salt)
+
+
+def _read_article(file: Path) -> str:
+    """One BBC article: UTF-8, or else Windows-1252 (one article of the set is in Latin-1).
+    Bytes that are neither are refused naming the file and the line, never replaced."""
+    raw = file.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return raw.decode("cp1252")
+    except UnicodeDecodeError:
+        return decode_text(raw, name=str(file))  # raises, naming the first bad UTF-8 line
 
 
 def load_tweets(path: str | Path | None = None, *, salt: str = "") -> LabelledText:
@@ -183,6 +193,12 @@ def load_tweets(path: str | Path | None = None, *, salt: str = "") -> LabelledTe
     """
     path = Path(path) if path is not None else package_path(*_TWEETS)
     rows = csv.DictReader(io.StringIO(Path(path).read_bytes().decode("mac_roman"), newline=""))
+    columns = rows.fieldnames or []
+    if not {"text", "sentiment"} <= set(columns):  # a wrong file: say so, not KeyError 'text'
+        raise ValueError(
+            f"{path}: not the tweets CSV (expected the columns 'text' and 'sentiment', found "
+            f"{', '.join(repr(c) for c in columns[:5]) or 'none'})"
+        )
     label_names = ("negative", "neutral", "positive")
     texts, labels = [], []
     for row in rows:

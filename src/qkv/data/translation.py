@@ -38,7 +38,6 @@ Use::
 
 from __future__ import annotations
 
-import gzip
 import logging
 import re
 from collections.abc import Iterable, Iterator
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Literal
 
 from qkv.data.splits import Split, hash_split
+from qkv.data.textio import read_lines
 
 logger = logging.getLogger(__name__)
 
@@ -186,9 +186,9 @@ def find_corpus(path: str | Path | None = None) -> Path:
 
 
 def _read_lines(path: Path) -> Iterator[str]:
-    opener = gzip.open if path.suffix == ".gz" else open  # upstream also ships de-en.txt.gz
-    with opener(path, "rt", encoding="utf-8") as f:
-        yield from f
+    # Plain or .gz (upstream also ships de-en.txt.gz); a byte that is not UTF-8 is a
+    # ValueError naming the file and the line (qkv.data.textio).
+    return read_lines(path)
 
 
 def extract_pairs(
@@ -238,7 +238,8 @@ def load_translation(
 
     Raises:
         FileNotFoundError: the file is missing; the message says how to install it.
-        ValueError: an unknown ``direction`` or a ``limit`` below 1.
+        ValueError: an unknown ``direction``, a ``limit`` below 1, or a line that is not
+            UTF-8 (the message names the file and the line).
     """
     if direction not in ("de-en", "en-de"):
         raise ValueError(f"direction must be 'de-en' or 'en-de', got {direction!r}")

@@ -8,7 +8,8 @@ and reads its data first, then opens its run directory with :func:`open_run_dir`
   training into the same folder is refused naming the owner; a lock left by a dead process
   of this host is taken over with a warning; the lock goes when the block ends, error or
   not. Under ``torchrun`` only rank 0 locks, checks and writes;
-- removes the temporary files a killed run left (``.*.tmp``, ``checkpoints/.tmp-*``);
+- removes the temporary files a killed run left (``.*.tmp``, ``checkpoints/.tmp-*``,
+  ``.tmp-pretrained-*`` model folders);
 - refuses a folder that holds a run (checkpoints, ``meta.json``, ``tokenizer.json``,
   ``metrics.csv``, ``run.json``, ``model/``, ``report.json``, ``results.json``, ``seed-*/``)
   unless ``resume`` (continue it) or ``overwrite`` (remove it first, so runs never mix);
@@ -236,13 +237,19 @@ def _remove_stale_temporaries(path: Path) -> None:
     """Temporary files and checkpoint folders a killed run left behind (only the lock
     holder writes here, so none of them is being written now)."""
     stale = [p for p in path.rglob(".*.tmp") if p.is_file()]
-    stale += [p for p in path.rglob(".tmp-*") if p.is_dir() and p.parent.name == "checkpoints"]
+    stale += [p for p in path.rglob(".tmp-*") if p.is_dir() and _is_temporary_folder(p)]
     for entry in stale:
         logger.info("removing %s, left by an interrupted run", entry)
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
         else:
             entry.unlink(missing_ok=True)
+
+
+def _is_temporary_folder(folder: Path) -> bool:
+    """A checkpoint folder being written (``checkpoints/.tmp-step-*``) or a Hugging Face
+    model folder being written (``.tmp-pretrained-model-*``, :mod:`qkv.convert.common`)."""
+    return folder.parent.name == "checkpoints" or folder.name.startswith(".tmp-pretrained-")
 
 
 # -- the lock -----------------------------------------------------------------------------

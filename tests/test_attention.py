@@ -182,3 +182,10 @@ def test_mask_errors():
 def test_attention_weights_without_mask_is_softmax():
     scores = torch.randn(3, 4)
     torch.testing.assert_close(attention_weights(scores), torch.softmax(scores, -1))
+
+
+@pytest.mark.parametrize("dropout_p", [-0.1, 1.0, float("nan")])
+def test_dropout_out_of_range_names_the_argument(dropout_p):
+    q = torch.randn(1, 1, 2, 4)
+    with pytest.raises(ValueError, match=r"dropout_p must be in \[0, 1\)"):
+        scaled_dot_product_attention(q, q, q, dropout_p=dropout_p)

@@ -333,6 +333,8 @@ SLOW_KILLS = {
     "during-a-metrics.csv-row-write": "row:5",
     "right-after-the-lock-is-taken": "lock",
     "during-the-final-evaluation": "eval",
+    "during-the-last-checkpoint-write": "replace:step-00000008",
+    "after-the-third-step": "metrics:3",
 }
 
 

@@ -127,6 +127,9 @@ def scaled_dot_product_attention(
         output ``(..., q, d_v)``; weights ``(..., q, k)`` or ``None``.
     """
     _check_qkv(query, key, value)
+    if not 0.0 <= dropout_p < 1.0:
+        # torch's own message for a negative value blames the kernel, not the argument.
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     q_len, k_len = query.shape[-2], key.shape[-2]
     if mask is not None:
         check_mask(mask, q_len, k_len, tuple(query.shape[:-2]))

@@ -144,6 +144,28 @@ def test_resume_with_another_model_is_refused_naming_the_field(copy, corpus):
     assert _snapshot(copy) == before
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"recipe": RECIPE.override({"train.lr": 5e-3})}, r"train\.lr: run 0\.002, command 0\.005"),
+        (
+            {"recipe": RECIPE.override({"label_smoothing": 0.0})},
+            r"label_smoothing: run 0\.1, command 0\.0",
+        ),
+        ({"direction": "en-de"}, r"direction: run de-en, command en-de"),
+        ({"limit": 50}, r"data\.limit: run None, command 50"),
+    ],
+    ids=["training setting", "recipe field", "direction", "data"],
+)
+def test_resume_with_another_recipe_direction_or_data_is_refused(copy, corpus, change, message):
+    before = _snapshot(copy)
+    options = dict(change)
+    recipe = options.pop("recipe", RECIPE)
+    with pytest.raises(RunDirError, match=message):
+        _train(copy, corpus, recipe, resume=True, **options)
+    assert _snapshot(copy) == before
+
+
 def test_resume_with_only_max_steps_changed_continues(copy, corpus):
     result = _train(copy, corpus, resume=True, max_steps=10)
     assert result.step == 10

@@ -523,3 +523,12 @@ def test_a_model_folder_left_half_written_is_removed_on_open(tmp_path):
     (tmp_path / "seed-0" / ".tmp-pretrained-model-abc" / "model.safetensors").write_bytes(b"x")
     with open_run_dir(tmp_path, resume=False, overwrite=False, identity={"task": "t"}):
         assert not (tmp_path / "seed-0" / ".tmp-pretrained-model-abc").exists()
+
+
+def test_a_meta_json_that_is_not_json_is_named(copy):
+    from qkv.train.checkpoint import read_meta
+
+    checkpoint = latest_checkpoint(copy).path
+    (checkpoint / "meta.json").write_text("{bad")
+    with pytest.raises(ValueError, match=r"meta\.json: not valid JSON"):
+        read_meta(checkpoint)

@@ -128,7 +128,13 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{path} is not a qkv checkpoint: expected {META_FILE} and {MODEL_FILE} in it"
         )
-    return json.loads(meta_file.read_text())
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{meta_file}: not valid JSON ({error})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_file}: expected a JSON object")
+    return meta
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Checkpoint]:
@@ -137,7 +143,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Checkpoint]:
     found = []
     for path in sorted(root.glob("step-*")) if root.is_dir() else []:
         if (path / META_FILE).is_file() and (path / MODEL_FILE).is_file():
-            meta = json.loads((path / META_FILE).read_text())
+            meta = read_meta(path)
             found.append(Checkpoint(path, int(meta["step"]), meta))
     return sorted(found, key=lambda c: c.step)
 

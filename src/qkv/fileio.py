@@ -52,3 +52,17 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically."""
     write_text_atomic(path, json.dumps(data, indent=2))
+
+
+def read_json_object(path: str | Path, *, error: type[Exception] = ValueError) -> dict[str, Any]:
+    """A JSON object from ``path``; ``error`` naming the file when it is not valid JSON
+    or not an object (a hand-edited or damaged file must not surface as a bare parser
+    message)."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as cause:
+        raise error(f"{path}: not valid JSON ({cause})") from None
+    if not isinstance(values, dict):
+        raise error(f"{path}: expected a JSON object, got {type(values).__name__}")
+    return values

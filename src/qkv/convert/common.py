@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from qkv.fileio import atomic_write, write_text_atomic
+from qkv.fileio import atomic_write, read_json_object, write_text_atomic
 
 __all__ = [
     "CheckpointError",
@@ -97,14 +97,7 @@ class NameMap:
 def read_json(path: str | Path) -> dict[str, Any]:
     """A JSON object from ``path``; :class:`CheckpointError` naming the file when it is
     not valid JSON or not an object."""
-    path = Path(path)
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(values, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(values).__name__}")
-    return values
+    return read_json_object(path, error=CheckpointError)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

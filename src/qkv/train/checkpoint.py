@@ -31,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 
-from qkv.fileio import write_json_atomic
+from qkv.fileio import read_json_object, write_json_atomic
 
 __all__ = [
     "Checkpoint",
@@ -128,13 +128,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{path} is not a qkv checkpoint: expected {META_FILE} and {MODEL_FILE} in it"
         )
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{meta_file}: not valid JSON ({error})") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{meta_file}: expected a JSON object")
-    return meta
+    return read_json_object(meta_file)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Checkpoint]:

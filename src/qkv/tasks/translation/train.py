@@ -110,7 +110,6 @@ def train_translator(
     corpus = load_translation(
         data_path, direction=direction, include_phrases=recipe.include_phrases, limit=limit
     )
-    logger.info("%r", corpus)
     tokenizer = _tokenizer(run_dir, corpus.train, recipe.vocab_size, resume=resume)
     identity = {
         "task": "translation",

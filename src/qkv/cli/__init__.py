@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from qkv import __version__
 from qkv.cli import attention, bert, embed, explain, translate, vit
 from qkv.cli._errors import describe
 from qkv.cli._options import Parser, positive_int
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show the Python traceback of a failure"
     )
+    parser.add_argument("--version", action="version", version=f"qkv {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(subparsers)
@@ -56,7 +58,15 @@ def _quiet_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if hasattr(args, "subcommands"):
+        # A group takes the rest of the line as it is; argparse will not hand it one that
+        # starts with an option (``qkv translate --help``, ``qkv translate --beam 2 RUN``).
+        args.args = argv[argv.index(args.command) + 1 :]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     prog = _prog(args)
     try:
         if args.threads is not None:

@@ -17,22 +17,53 @@ from typing import Any, BinaryIO, NoReturn
 
 __all__ = [
     "Parser",
+    "add_inference_options",
+    "add_json",
     "add_overwrite",
+    "add_progress",
     "device",
     "finite_float",
+    "inference_device",
     "non_negative_float",
     "non_negative_int",
     "overwrite_option",
     "positive_float",
     "positive_int",
+    "print_json",
     "probability",
+    "progress_option",
     "read_lines",
 ]
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written (it holds examples), and every option's default in its
+    help, ``(default: 4)``, except where there is none to show (``None``, a flag's
+    ``False``) or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+            or not action.option_strings
+        ):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list) else "%(default)s"
+        return f"{text} (default: {shown})"
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with a usage error in one line (``qkv vit train: argument --limit: must
-    be at least 1, got 0``) and status 2; ``--help`` still prints the whole usage."""
+    be at least 1, got 0``) and status 2; ``--help`` still prints the whole usage, with
+    each option's default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
@@ -123,6 +154,71 @@ def device(value: str) -> str:
     elif parsed.type not in ("cpu", "cuda", "mps"):
         raise argparse.ArgumentTypeError(f"{value}: unsupported device (use cpu, cuda or mps)")
     return value
+
+
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype``, the same on every command that runs a model."""
+    parser.add_argument(
+        "--device",
+        type=device,
+        help="where the model runs: cpu, cuda, cuda:N or mps (default: cuda if available, "
+        "else cpu)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="fp32",
+        help="the model's number format: fp32, bf16, or fp16 (GPUs only)",
+    )
+
+
+def inference_device(options: argparse.Namespace) -> tuple[Any, Any]:
+    """(torch device, torch dtype) of :func:`add_inference_options`' choices.
+
+    fp16 is refused on the CPU, where torch computes it slowly and some kernels lack it.
+    """
+    import torch
+
+    name = getattr(options, "device", None)
+    where = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype_name = getattr(options, "dtype", "fp32")
+    if dtype_name == "fp16" and where.type == "cpu":
+        raise ValueError("--dtype fp16 needs a GPU (--device cuda or mps); use bf16 on the CPU")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    return where, dtype
+
+
+def add_json(parser: argparse.ArgumentParser, what: str = "one JSON object per input") -> None:
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help=f"print {what} (JSON Lines; keys in docs/cli.md) instead of text for people",
+    )
+
+
+def print_json(record: Any) -> None:
+    """One JSON Lines record on stdout: UTF-8 text as it is, no NaN (refused, not printed),
+    flushed so that a pipe's reader gets it now."""
+    import json
+
+    print(json.dumps(record, ensure_ascii=False, allow_nan=False), flush=True)
+
+
+def add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (logs and batch jobs); the bar is shown on a terminal otherwise",
+    )
+
+
+def progress_option(options: argparse.Namespace) -> bool | None:
+    """``progress=`` for the tasks: ``False`` with --no-progress, else ``None`` (tqdm's own
+    choice: shown on a terminal)."""
+    return False if getattr(options, "no_progress", False) else None
 
 
 def add_overwrite(parser: argparse.ArgumentParser) -> None:

@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from qkv.cli._options import HelpFormatter
+
 __all__ = ["add_group_parser", "dispatch"]
 
 Subcommand = Callable[[list[str]], int]
@@ -34,7 +36,8 @@ def add_group_parser(
         name,
         help=help,
         description=usage,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,  # ``-h`` reaches dispatch, which adds the default action's options
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("args", nargs=argparse.REMAINDER, help=commands)
     # The lowercase words of ``commands`` name the subcommands, for error messages.
@@ -50,16 +53,23 @@ def dispatch(
     argv: list[str],
     *,
     default: Subcommand | None = None,
+    default_parser: Callable[[], argparse.ArgumentParser] | None = None,
 ) -> int:
     """Run ``commands[argv[0]](argv[1:])``.
 
     ``default``, when given, takes the whole ``argv`` when ``argv[0]`` names no
-    command (``qkv translate CHECKPOINT ...``).
+    command (``qkv translate CHECKPOINT ...``); ``default_parser`` builds its parser,
+    whose options the group's ``--help`` then lists too.
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not argv or argv[0] in ("-h", "--help"):
+        if not argv:  # a usage error: the usage goes to stderr, status 2
+            print(usage, file=sys.stderr)
+            return 2
         print(usage)
-        return 0 if argv else 2
+        if default_parser is not None:
+            print(default_parser().format_help())
+        return 0
     name = argv[0]
     if name in commands:
         command, rest = commands[name], argv[1:]

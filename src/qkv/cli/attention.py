@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from qkv.cli._options import positive_int
+from qkv.cli._options import HelpFormatter, positive_int
 
 USAGE = __doc__
 IMAGE_SETS = ("fashion-mnist", "digits")
@@ -50,7 +50,7 @@ def add_parser(subparsers: Any) -> None:
         "attention",
         help="draw a model's attention on one input (PNG/SVG, HTML page)",
         description=USAGE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("path", help="translator run/checkpoint, BERT folder or ViT checkpoint")
     parser.add_argument("input", help="a sentence, or an image for a ViT")

@@ -14,7 +14,7 @@ import argparse
 import sys
 from typing import Any
 
-from qkv.cli._options import non_negative_int, read_lines
+from qkv.cli._options import HelpFormatter, non_negative_int, read_lines
 
 
 def add_parser(subparsers: Any) -> None:
@@ -22,7 +22,7 @@ def add_parser(subparsers: Any) -> None:
         "embed",
         help="sentence embeddings (mean pooling, normalised) or their cosine similarities",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("sentences", nargs="*", help="sentences (default: one per line on stdin)")
     parser.add_argument(

@@ -167,4 +167,5 @@ def run(args: argparse.Namespace) -> int:
         {"train": _train, "eval": _eval},
         list(args.args),
         default=_translate,
+        default_parser=_translate_parser,
     )

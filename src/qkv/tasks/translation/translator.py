@@ -41,6 +41,16 @@ class Translator:
     direction: Direction = "de-en"
 
     @property
+    def src_lang(self) -> str:
+        """The source language's code (``de``), as recorded in the run."""
+        return self.direction.split("-")[0]
+
+    @property
+    def tgt_lang(self) -> str:
+        """The target language's code (``en``), as recorded in the run."""
+        return self.direction.split("-")[1]
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

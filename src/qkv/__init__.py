@@ -3,6 +3,8 @@
 The building blocks are importable from here; models live in :mod:`qkv.models`.
 """
 
+from importlib import metadata as _metadata
+
 from qkv.attention import (
     Attention,
     AttentionOutput,
@@ -26,7 +28,10 @@ from qkv.masks import causal_mask, padding_mask_from_ids
 from qkv.models import Transformer, TransformerConfig
 from qkv.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 
-__version__ = "0.1.0"
+try:  # the installed distribution's version, as `pip show qkv` reports it
+    __version__ = _metadata.version("qkv")
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "AddNorm",

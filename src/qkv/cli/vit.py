@@ -1,13 +1,42 @@
-"""``qkv vit``: train a Vision Transformer on Fashion-MNIST, evaluate it, classify images.
+"""``qkv vit``: train a Vision Transformer on your own folder of images (or Fashion-MNIST),
+evaluate it, classify images.
 
-qkv vit train --preset fashion --run-dir runs/vit-fashion --threads 1
+qkv --threads 1 vit train --images pets/ --preset fashion --run-dir runs/vit-pets
+qkv vit train --images pets/ --valid-images pets-valid/ --test-images pets-test/
+qkv vit train --images pets/ --from runs/vit-fashion --image-size 56 --run-dir runs/pets-ft
+qkv --threads 1 vit train --preset fashion --run-dir runs/vit-fashion
 qkv vit train --preset fashion --run-dir runs/vit-fashion --resume
-qkv vit eval runs/vit-fashion
-qkv vit classify runs/vit-fashion shoe.png bag.png fashion-mnist:0
+qkv vit eval runs/vit-pets --json
+qkv vit eval runs/vit-fashion --images my-test-folder/
+qkv vit classify runs/vit-fashion shoe.png bag.png fashion-mnist:0 --json
 
-An image is a file (PNG, JPEG, ...: converted to grey or RGB as the model needs and
-resized to its input size) or ``fashion-mnist:N`` / ``digits:N`` for test image N of
-those sets. Fashion-MNIST pictures are light clothes on a black background.
+Own images (``--images DIR``): the ImageFolder layout, one sub-folder per class (the
+class names are the sorted sub-folder names; hidden folders and files are ignored,
+and so are files whose extension is not an image's: .jpg .jpeg .png .ppm .bmp .pgm
+.tif .tiff .webp .gif). Any size, grey or colour: each image is converted to the
+model's channels (grey presets: grey; colour models: RGB), its shorter side resized to
+the model's input (the preset's, or --image-size) and the centre cut out. Every image
+is decoded once into memory (n × channels × size² bytes: a folder that fits in memory).
+Without --valid-images/--test-images, the split is 80/10/10 by a hash of each file's
+path inside DIR (the same on every machine). An unreadable image stops the run with
+its name; --skip-bad-files leaves such files out and counts them.
+
+--from CHECKPOINT: start from a qkv ViT run or checkpoint, or a Hugging Face ViT
+folder: its position embeddings are resampled to the image size, its head is kept when
+the folder has its classes and replaced otherwise, its pixel normalisation is kept.
+
+An image to classify is a file (converted, resized and cropped as for training) or
+``fashion-mnist:N`` / ``digits:N`` for test image N of those sets. Fashion-MNIST
+pictures are light clothes on a black background.
+
+JSON keys
+    classify --json: one object per image: ``image`` (as given), ``label`` (the most
+    probable class), ``top`` (a list of ``{"label", "probability"}``, most probable
+    first, --top of them).
+    eval --json: one object: ``data`` (the folder or the data set scored),
+    ``accuracy``, ``images`` (how many were scored), ``per_class`` (class name ->
+    ``{"accuracy", "images"}``, accuracy null for a class without images),
+    ``test_flip`` (whether each image was averaged with its mirror image).
 """
 
 from __future__ import annotations
@@ -19,11 +48,17 @@ from typing import Any
 
 from qkv.cli._options import (
     Parser,
+    add_inference_options,
+    add_json,
     add_overwrite,
+    add_progress,
     device,
+    inference_device,
     non_negative_int,
     overwrite_option,
     positive_int,
+    print_json,
+    progress_option,
 )
 from qkv.cli._subcommands import add_group_parser, dispatch
 
@@ -34,26 +69,57 @@ def add_parser(subparsers: Any) -> None:
     add_group_parser(
         subparsers,
         "vit",
-        help="train, evaluate and use a ViT image classifier (Fashion-MNIST)",
+        help="train, evaluate and use a ViT image classifier (your own images, Fashion-MNIST)",
         usage=USAGE,
         commands="train | eval | classify",
         run=run,
     )
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def _train(argv: list[str]) -> int:
     from qkv.tasks.vit import PRESETS, train_vit
 
     p = Parser(prog="qkv vit train")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="fashion")
-    p.add_argument("--run-dir", default="runs/vit-fashion")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="fashion",
+        help="the recipe: model size, image size and channels, steps, augmentation",
+    )
+    p.add_argument("--run-dir", default="runs/vit-fashion", help="where the run is written")
+    p.add_argument(
+        "--images",
+        metavar="DIR",
+        help="train on this folder of images, one sub-folder per class (default: the "
+        "preset's data set)",
+    )
+    p.add_argument(
+        "--valid-images",
+        metavar="DIR",
+        help="validation images with the same class sub-folders (default: 10%% of --images)",
+    )
+    p.add_argument(
+        "--test-images",
+        metavar="DIR",
+        help="test images with the same class sub-folders (default: 10%% of --images)",
+    )
+    p.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        help="leave unreadable images out and count them, instead of stopping at the first",
+    )
+    p.add_argument(
+        "--from",
+        dest="from_checkpoint",
+        metavar="CHECKPOINT",
+        help="fine-tune this qkv ViT run or checkpoint, or Hugging Face ViT folder, on --images",
+    )
+    p.add_argument(
+        "--image-size",
+        type=positive_int,
+        help="image side in pixels, a multiple of the patch size, for --images (default: the "
+        "preset's, or that of --from)",
+    )
     p.add_argument("--steps", type=positive_int, help="override the preset's number of steps")
     p.add_argument(
         "--batch-size",
@@ -67,13 +133,11 @@ def _train(argv: list[str]) -> int:
     p.add_argument(
         "--device", type=device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
     )
-    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument(
-        "--threads", type=positive_int, help="torch CPU threads (default: torch's choice)"
+        "--seed", type=non_negative_int, default=0, help="seed of the weights and batches"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress(p)
     o = p.parse_args(argv)
-    _set_threads(o.threads)
     report = train_vit(
         o.run_dir,
         o.preset,
@@ -84,11 +148,21 @@ def _train(argv: list[str]) -> int:
         data_dir=o.data,
         device=o.device,
         seed=o.seed,
-        progress=False if o.no_progress else None,
+        progress=progress_option(o),
+        images=o.images,
+        valid_images=o.valid_images,
+        test_images=o.test_images,
+        skip_bad_files=o.skip_bad_files,
+        from_checkpoint=o.from_checkpoint,
+        image_size=o.image_size,
         **overwrite_option(train_vit, o.overwrite),
     )
     if report is None:  # not the main process of a torchrun run
         return 0
+    if report.skipped_files:
+        shown = ", ".join(report.skipped_files[:3])
+        more = f" and {len(report.skipped_files) - 3} more" if len(report.skipped_files) > 3 else ""
+        print(f"skipped {len(report.skipped_files)} unreadable image file(s): {shown}{more}")
     print(f"{'step':>6}{'minutes':>9}{'valid acc':>11}")
     for row in report.curve:
         print(f"{int(row['step']):>6}{row['seconds'] / 60:>9.1f}{row['accuracy']:>11.2%}")
@@ -100,10 +174,21 @@ def _train(argv: list[str]) -> int:
 
 
 def _eval(argv: list[str]) -> int:
-    from qkv.tasks.vit import load_classifier, load_images
+    from qkv.tasks.vit import IMAGE_FOLDER, load_classifier, load_images, load_recorded_test, scores
 
     p = Parser(prog="qkv vit eval")
     p.add_argument("checkpoint", help="a run directory or one of its checkpoints")
+    p.add_argument(
+        "--images",
+        metavar="DIR",
+        help="score this folder of images, one sub-folder per class named as the model's "
+        "classes (default: the run's own test images)",
+    )
+    p.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        help="with --images: leave unreadable images out instead of stopping",
+    )
     p.add_argument("--data", help="Fashion-MNIST directory (default: Debian's)")
     p.add_argument("--limit", type=positive_int, help="score only the first N test images")
     p.add_argument(
@@ -111,25 +196,54 @@ def _eval(argv: list[str]) -> int:
         action="store_true",
         help="average each image with its mirror image (default: as the run was trained)",
     )
-    p.add_argument("--threads", type=positive_int)
+    add_inference_options(p)
+    add_json(p, "one JSON object with the scores")
     o = p.parse_args(argv)
-    _set_threads(o.threads)
-    classifier = load_classifier(o.checkpoint)
+    where, dtype = inference_device(o)
+    classifier = load_classifier(o.checkpoint, device=where, dtype=dtype)
     classifier.test_flip = classifier.test_flip or o.test_flip
-    dataset = classifier.dataset or "fashion-mnist"
-    test = load_images(dataset, "test", data_dir=o.data)
+    config = classifier.config
+    size = dict(image_size=config.image_size, channels=config.in_channels)
+    if o.images is not None:
+        from qkv.data.image_folder import load_image_folder
+
+        folder = load_image_folder(o.images, skip_bad_files=o.skip_bad_files, **size)
+        test = replace(
+            folder.images,
+            labels=classifier.folder_labels(o.images, folder.images),
+            classes=tuple(classifier.classes),
+        )
+        name = str(o.images)
+    elif classifier.dataset == IMAGE_FOLDER:
+        if not classifier.data:
+            raise ValueError(f"{o.checkpoint}: meta.json does not record its image folders")
+        folder = load_recorded_test(classifier.data, **size)
+        test = folder.images
+        name = (
+            str(folder.root)
+            if classifier.data.get("test_images")
+            else f"{folder.root} (test split)"
+        )
+    else:
+        dataset = classifier.dataset or "fashion-mnist"
+        test, name = load_images(dataset, "test", data_dir=o.data), f"{dataset} test"
     if o.limit is not None:
         test = replace(test, images=test.images[: o.limit], labels=test.labels[: o.limit])
-    probs = classifier.probabilities(test.images)  # (n, K)
-    predicted = probs.argmax(dim=-1)
-    correct = predicted == test.labels
+    if len(test) == 0:
+        raise ValueError(f"{name}: no images to score")
+    # Folder images are 0-255; the model was trained on pixels up to max_value.
+    pixels = test.images.float() * (classifier.max_value / test.max_value)
+    probs = classifier.probabilities(pixels)  # (n, K)
+    result = scores(probs, test.labels, list(classifier.classes))
+    if o.json:
+        print_json({"data": name, **result, "test_flip": classifier.test_flip})
+        return 0
     flip = ", averaged with mirror images" if classifier.test_flip else ""
-    print(f"{dataset} test: {len(test)} images{flip}, accuracy {float(correct.float().mean()):.2%}")
+    print(f"{name}: {result['images']} images{flip}, accuracy {result['accuracy']:.2%}")
     width = max(len(c) for c in classifier.classes)
-    for k, name in enumerate(classifier.classes):
-        mine = test.labels == k
-        if mine.any():
-            print(f"  {name:<{width}} {float(correct[mine].float().mean()):>7.2%}")
+    for label, row in result["per_class"].items():
+        if row["images"]:
+            print(f"  {label:<{width}} {row['accuracy']:>7.2%}  ({row['images']} images)")
     return 0
 
 
@@ -138,16 +252,15 @@ def _read(source: str, classifier: Any) -> Any:
     from qkv.cli.attention import IMAGE_SETS, Loaded, read_image
 
     name, _, index = source.partition(":")
-    if not (name in IMAGE_SETS and index.isdigit()) and not Path(source).is_file():
+    if name in IMAGE_SETS and index.isdigit():
+        try:
+            loaded = Loaded("vit", classifier.model, {"max_value": classifier.max_value})
+            return read_image(source, loaded)[0]
+        except IndexError as error:
+            raise ValueError(f"{source}: no such test image ({error})") from error
+    if not Path(source).is_file():
         raise FileNotFoundError(f"image {source} not found")
-    try:
-        loaded = Loaded("vit", classifier.model, {"max_value": classifier.max_value})
-        return read_image(source, loaded)[0]
-    # PIL: UnidentifiedImageError is an OSError (read_image already refuses huge images).
-    except (OSError, SyntaxError) as error:
-        raise ValueError(f"cannot read {source} as an image ({error})") from error
-    except IndexError as error:
-        raise ValueError(f"{source}: no such test image ({error})") from error
+    return classifier.read_image(source)  # a ValueError naming the file if unreadable
 
 
 def _classify(argv: list[str]) -> int:
@@ -159,10 +272,20 @@ def _classify(argv: list[str]) -> int:
     p.add_argument("checkpoint", help="a run directory or one of its checkpoints")
     p.add_argument("images", nargs="+", help="image files, or fashion-mnist:N / digits:N")
     p.add_argument("--top", type=positive_int, default=5, help="classes to show per image")
+    add_inference_options(p)
+    add_json(p)
     o = p.parse_intermixed_args(argv)
-    classifier = load_classifier(o.checkpoint)
+    where, dtype = inference_device(o)
+    classifier = load_classifier(o.checkpoint, device=where, dtype=dtype)
     images = torch.stack([_read(source, classifier) for source in o.images])  # (b, c, H, W)
     for source, prediction in zip(o.images, classifier.classify(images, o.top), strict=True):
+        if o.json:
+            top = [
+                {"label": label, "probability": p}
+                for label, p in zip(prediction.labels, prediction.probabilities, strict=True)
+            ]
+            print_json({"image": source, "label": prediction.label, "top": top})
+            continue
         print(f"{source}: {prediction.label}")
         for label, p in zip(prediction.labels, prediction.probabilities, strict=True):
             print(f"   {p:6.3f}  {label}")

@@ -38,7 +38,14 @@ from qkv.losses import cross_entropy
 from qkv.outputs import ModelOutput
 from qkv.positional import positional_encoding
 
-__all__ = ["PatchEmbedding", "ViT", "ViTConfig", "ViTOutput", "sinusoidal_2d_position_embeddings"]
+__all__ = [
+    "PatchEmbedding",
+    "ViT",
+    "ViTConfig",
+    "ViTOutput",
+    "resample_position_embeddings",
+    "sinusoidal_2d_position_embeddings",
+]
 
 Positional = Literal["learned", "sinusoidal"]
 
@@ -244,6 +251,40 @@ def sinusoidal_2d_position_embeddings(grid_size: int, d_model: int) -> Tensor:
     return torch.cat([torch.zeros(1, d_model), grid])[None]  # (1, 1 + N, d)
 
 
+def resample_position_embeddings(
+    table: Tensor, grid_size: int, *, prefix_tokens: int = 1, antialias: bool = False
+) -> Tensor:
+    """A learned position table for another patch grid: the ``g × g`` grid resampled
+    bicubically to ``grid_size × grid_size``, the ``prefix_tokens`` in front (the class
+    token) kept as they are (the paper's fine-tuning at higher resolution). The same grid
+    gives the table back unchanged.
+
+    ``antialias=False`` (default) resamples as Hugging Face's ``interpolate_pos_encoding``
+    does (torch's bicubic, ``a = -0.75``); ``antialias=True`` as timm's
+    ``resample_abs_pos_embed`` does by default (torch's antialiased bicubic, ``a = -0.5``,
+    which also low-pass filters when shrinking). The two differ even when enlarging.
+
+    Shape: ``(1, prefix + g·g, d)`` -> ``(1, prefix + grid_size², d)``.
+    """
+    prefix, patches = table[:, :prefix_tokens], table[:, prefix_tokens:]  # (1, P, d), (1, N, d)
+    g = round(patches.shape[1] ** 0.5)
+    if g * g != patches.shape[1]:
+        raise ValueError(f"{patches.shape[1]} patch positions are not a square grid")
+    if grid_size < 1:
+        raise ValueError(f"grid_size must be at least 1, got {grid_size}")
+    if grid_size == g:
+        return table
+    d = table.shape[-1]
+    grid = patches.reshape(1, g, g, d).permute(0, 3, 1, 2)  # (1, d, g, g)
+    # align_corners=False, as both references. In float32: bicubic is not implemented
+    # for half precision on every device.
+    grid = F.interpolate(
+        grid.float(), size=(grid_size, grid_size), mode="bicubic", antialias=antialias
+    ).to(table)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, grid_size * grid_size, d)  # (1, N', d)
+    return torch.cat([prefix, grid], dim=1)  # (1, P + N', d)
+
+
 @dataclass(kw_only=True)
 class ViTOutput(ModelOutput):
     """``logits`` ``(b, K)``; ``loss`` and ``num_targets`` when labels were given
@@ -436,12 +477,25 @@ class ViT(nn.Module):
         return output
 
     @torch.no_grad()
+    def reset_head(self, num_classes: int) -> None:
+        """A new zero head for ``num_classes`` classes (fine-tuning on other classes): the
+        first logits are all 0, as after :meth:`reset_parameters`. ``config.num_classes``
+        is updated; call it before building an optimiser."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        old = self.head
+        self.head = nn.Linear(old.in_features, num_classes).to(old.weight)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.config = dataclasses.replace(self.config, num_classes=num_classes)
+
+    @torch.no_grad()
     def interpolate_position_embeddings(self, new_image_size: int) -> None:
         """Adapt the model, in place, to ``new_image_size``-pixel images with the same
         patch size (fine-tuning at a higher resolution, section 3.2).
 
         Learned embeddings: the ``g × g`` grid of patch embeddings is resampled
-        bicubically to the new grid (as the paper, timm and Hugging Face do); the class
+        bicubically to the new grid (:func:`resample_position_embeddings`); the class
         token's slot is kept as it is. Sinusoidal: the table is rebuilt for the new
         grid. ``config.image_size`` is updated. Call it before building an optimiser:
         the learned table becomes a new parameter.
@@ -456,13 +510,7 @@ class ViT(nn.Module):
         if c.positional == "sinusoidal":
             new = self._new_position_embeddings(new_grid).to(old)
         else:
-            g, d = c.grid_size, c.d_model
-            grid = old[:, 1:].reshape(1, g, g, d).permute(0, 3, 1, 2)  # (1, d, g, g)
-            # align_corners=False and no antialiasing: the same resampling as
-            # Hugging Face's interpolate_pos_encoding, so converted models agree.
-            grid = F.interpolate(grid, size=(new_grid, new_grid), mode="bicubic")  # (1, d, g', g')
-            grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, d)  # (1, N', d)
-            new = torch.cat([old[:, :1], grid], dim=1)  # (1, 1 + N', d)
+            new = resample_position_embeddings(old.detach(), new_grid).clone()  # (1, 1 + N', d)
         self._set_position_embeddings(new)
         self.patch_embedding.image_size = new_image_size
         self.config = dataclasses.replace(c, image_size=new_image_size)

@@ -9,13 +9,16 @@ Notation: b batch, c channels, H×W image size, K classes.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qkv.data.image_folder import read_image_file
 from qkv.data.images import ImageSet, image_batches, normalize
 from qkv.families import identify
 from qkv.models.vit import ViT, ViTConfig
@@ -28,6 +31,7 @@ __all__ = [
     "evaluate_accuracy",
     "load_classifier",
     "predict_probabilities",
+    "scores",
 ]
 
 FAMILY = "vit-classifier"
@@ -56,13 +60,15 @@ def evaluate_accuracy(
     batch_size: int = 500,
 ) -> dict[str, float]:
     """Accuracy and mean cross-entropy of ``model`` on ``images`` (raw pixels); ``flip``
-    as in :func:`predict_probabilities`."""
-    device = next(model.parameters()).device
+    as in :func:`predict_probabilities`. The pixels go to the model's device and number
+    format."""
+    weight = next(model.parameters())
     model.eval()
     correct, loss = 0, 0.0
     for pixels, labels in image_batches(images, batch_size, mean=mean, std=std, shuffle=False):
-        probs = predict_probabilities(model, pixels.to(device), flip=flip)  # (b, K)
-        labels = labels.to(device)
+        pixels = pixels.to(device=weight.device, dtype=weight.dtype)
+        probs = predict_probabilities(model, pixels, flip=flip)  # (b, K), float32
+        labels = labels.to(weight.device)
         loss += float(F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum"))
         correct += int((probs.argmax(dim=-1) == labels).sum())
     return {"accuracy": correct / len(images), "loss": loss / len(images)}
@@ -92,6 +98,11 @@ class Classifier:
     classes: list[str]
     dataset: str | None = None
     test_flip: bool = False  # average over each image and its mirror image
+    # The folders of a run trained on the user's images (meta.json's "data").
+    data: dict[str, Any] | None = None
+    # Image files: shorter side resized, centre cut out (as qkv trains on folders);
+    # False: both sides resized (Hugging Face's ViT image processor).
+    crop: bool = True
 
     @property
     def config(self) -> ViTConfig:
@@ -107,15 +118,27 @@ class Classifier:
         if images.dim() == 3:
             return self.probabilities(images[None])[0]
         self.model.patch_embedding.check_images(images.float())
-        device = next(self.model.parameters()).device
+        weight = next(self.model.parameters())  # the model's device and number format
         model = self.model.eval()
         probs = [
             predict_probabilities(
-                model, normalize(chunk, self.mean, self.std).to(device), flip=self.test_flip
+                model,
+                normalize(chunk, self.mean, self.std).to(device=weight.device, dtype=weight.dtype),
+                flip=self.test_flip,
             )
             for chunk in images.split(batch_size)
-        ]  # each (chunk, K)
+        ]  # each (chunk, K), float32
         return torch.cat(probs).cpu()  # (b, K)
+
+    def read_image(self, path: str | os.PathLike[str]) -> Tensor:
+        """An image file as this model takes it (grey or RGB, resized and cropped to its
+        input: :func:`qkv.data.image_folder.read_image_file`), in its pixel units.
+
+        Shape: ``(c, H, W)`` float32, values in ``[0, max_value]``.
+        """
+        c = self.config
+        pixels = read_image_file(path, c.image_size, c.in_channels, crop=self.crop)
+        return torch.from_numpy(pixels).float() * (self.max_value / 255.0)  # (c, H, W)
 
     def classify(self, images: Tensor, top_k: int = 5) -> list[Prediction]:
         """The ``top_k`` classes of each image, with their probabilities.
@@ -132,16 +155,59 @@ class Classifier:
             for p, row in zip(values, indices, strict=True)
         ]
 
+    def folder_labels(self, directory: str | os.PathLike[str], images: ImageSet) -> Tensor:
+        """The labels of images read from a folder (class indices of the folder's own
+        sorted class names), as this model's class indices. Every class of the folder must
+        be one of the model's (``ValueError`` naming the folder and the others).
+
+        Shape: ``(n,)`` -> ``(n,)``.
+        """
+        unknown = [name for name in images.classes if name not in self.classes]
+        if unknown:
+            raise ValueError(
+                f"{directory}: class folder(s) {', '.join(unknown)} not among the model's "
+                f"classes ({', '.join(self.classes)})"
+            )
+        index = torch.tensor([self.classes.index(name) for name in images.classes])
+        return index[images.labels]
+
     def accuracy(self, images: ImageSet) -> float:
         return evaluate_accuracy(self.model, images, self.mean, self.std, flip=self.test_flip)[
             "accuracy"
         ]
 
 
-def load_classifier(path: str | Path, *, device: str | torch.device = "cpu") -> Classifier:
+def scores(probabilities: Tensor, labels: Tensor, classes: list[str]) -> dict[str, Any]:
+    """Accuracy over all images and per class (``None`` for a class without images).
+
+    Shape: probabilities ``(n, K)``, labels ``(n,)`` in ``[0, K)``; ``n`` at least 1.
+    """
+    if len(labels) == 0:
+        raise ValueError("no images to score")
+    correct = probabilities.argmax(dim=-1) == labels  # (n,)
+    per_class = {}
+    for k, name in enumerate(classes):
+        mine = labels == k
+        count = int(mine.sum())
+        accuracy = float(correct[mine].float().mean()) if count else None
+        per_class[name] = {"accuracy": accuracy, "images": count}
+    return {
+        "accuracy": float(correct.float().mean()),
+        "images": len(labels),
+        "per_class": per_class,
+    }
+
+
+def load_classifier(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Classifier:
     """Load a classifier from a qkv run directory (its latest checkpoint), a checkpoint,
     or a Hugging Face ``ViTForImageClassification`` folder (its normalisation from
-    ``preprocessor_config.json``, its class names from ``id2label``)."""
+    ``preprocessor_config.json``, its class names from ``id2label``), onto ``device`` in
+    ``dtype`` (probabilities still come back as float32)."""
     found = identify(path, expect="vit")
     if found.hugging_face:
         from qkv.convert.vit import from_pretrained, label_names, read_image_processor
@@ -150,7 +216,7 @@ def load_classifier(path: str | Path, *, device: str | torch.device = "cpu") -> 
         processor = read_image_processor(found.path)
         mean, std, max_value = processor["mean"], processor["std"], 255.0
         classes = label_names(found.path) or [str(i) for i in range(model.config.num_classes)]
-        dataset, test_flip = None, False
+        dataset, test_flip, data, crop = None, False, None, False
     else:
         meta = found.meta
         if "model_config" not in meta:
@@ -166,12 +232,15 @@ def load_classifier(path: str | Path, *, device: str | torch.device = "cpu") -> 
         )
         classes = list(meta.get("classes") or [str(i) for i in range(model.config.num_classes)])
         dataset, test_flip = meta.get("dataset"), bool(meta.get("test_flip", False))
+        data, crop = meta.get("data"), True
     return Classifier(
-        model.to(device).eval(),
+        model.to(device=device, dtype=dtype).eval(),
         torch.tensor(mean, dtype=torch.float32),
         torch.tensor(std, dtype=torch.float32),
         max_value,
         classes,
         dataset,
         test_flip,
+        data,
+        crop,
     )

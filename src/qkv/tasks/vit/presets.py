@@ -9,9 +9,11 @@ from qkv.train import TrainConfig
 from qkv.train.engine import Precision
 from qkv.train.recipe import Recipe
 
-__all__ = ["DATASETS", "PRESETS", "ViTPreset"]
+__all__ = ["DATASETS", "IMAGE_FOLDER", "PRESETS", "ViTPreset"]
 
 DATASETS = ("fashion-mnist", "digits")
+#: ``dataset`` of a run on the user's own folder of images (``qkv vit train --images``).
+IMAGE_FOLDER = "image-folder"
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,7 @@ class ViTPreset(Recipe[ViTConfig]):
     """A ViT recipe: ``model``, ``train`` (:class:`~qkv.train.recipe.Recipe`) and what
     only this job has."""
 
-    dataset: str = "fashion-mnist"  # or "digits"
+    dataset: str = "fashion-mnist"  # or "digits", or IMAGE_FOLDER
     batch_size: int = 128
     label_smoothing: float = 0.1
     flip_p: float = 0.0  # left-right flips (clothes, not digits)
@@ -28,8 +30,10 @@ class ViTPreset(Recipe[ViTConfig]):
     valid_size: int = 5000  # held out of the training images
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.dataset not in (*DATASETS, IMAGE_FOLDER):
+            raise ValueError(
+                f"dataset must be one of {(*DATASETS, IMAGE_FOLDER)}, got {self.dataset!r}"
+            )
         if self.batch_size < 1 or self.valid_size < 1:
             raise ValueError(
                 f"batch_size ({self.batch_size}) and valid_size ({self.valid_size}) must be >= 1"

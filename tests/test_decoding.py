@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from qkv import Transformer, TransformerConfig
-from qkv.decoding import DecodingOutput, beam_search, gnmt_length_penalty, greedy_decode
+from qkv.decoding import (
+    DecodingOutput,
+    beam_search,
+    gnmt_length_penalty,
+    greedy_decode,
+    sample_decode,
+)
 
 PAD, BOS = 0, 1
 V = 16
@@ -384,3 +390,183 @@ def test_decoding_stops_when_every_sentence_is_done(copy_model, decode: Decode, 
         assert steps == longest + 1
     else:
         assert longest + 1 <= steps <= longest + 10
+
+
+# ---------------------------------------------------------------- n-best
+
+
+def reference_n_best(
+    model: Transformer, src: torch.Tensor, *, eos: int, k: int, n: int, alpha: float, max_len: int
+) -> list[tuple[list[int], float]]:
+    """:func:`reference_beam` keeping the ``n`` best finished hypotheses: every eos
+    within the k beam slots ends one, all alive beams end at the maximum length, and
+    the search stops once no alive hypothesis can beat the n-th best."""
+
+    def lp(length: int) -> float:
+        return ((5 + length) / 6) ** alpha
+
+    alive: list[tuple[list[int], float]] = [([], 0.0)]
+    finished: list[tuple[float, list[int]]] = []
+    for t in range(max_len):
+        length = t + 1
+        rows = next_log_probs(model, src, [tokens for tokens, _ in alive], t, eos, 0)
+        candidates = [
+            (logp + row[v], i, v)
+            for i, ((_, logp), row) in enumerate(zip(alive, rows, strict=True))
+            for v in range(V)
+        ]
+        candidates = sorted((c for c in candidates if c[0] > NEG_INF), key=lambda c: -c[0])
+        candidates = candidates[: 2 * k]
+        finished += [(lp_ / lp(length), alive[i][0]) for lp_, i, v in candidates[:k] if v == eos]
+        alive = [(alive[i][0] + [v], logp) for logp, i, v in candidates if v != eos][:k]
+        finished = sorted(finished, key=lambda f: -f[0])[:n]
+        if length == max_len:
+            finished = sorted(
+                finished + [(logp / lp(length), tokens) for tokens, logp in alive],
+                key=lambda f: -f[0],
+            )[:n]
+            break
+        if len(finished) == n and finished[-1][0] >= alive[0][1] / lp(max_len):
+            break
+    return [(tokens, score) for score, tokens in finished]
+
+
+def test_n_best_equals_the_reference_and_starts_with_the_best(random_model):
+    rows = sources([4, 9, 1, 6], seed=12)
+    src = pad_batch(rows)
+    kwargs = dict(bos_id=BOS, eos_id=RANDOM_EOS, beam_size=4, length_penalty=0.6, max_len=12)
+    single = beam_search(random_model, src, **kwargs)
+    out = beam_search(random_model, src, n_best=3, **kwargs)
+    for i, row in enumerate(rows):
+        kept = out.n_best[i]
+        assert len(kept) == 3
+        expected = reference_n_best(
+            random_model, row, eos=RANDOM_EOS, k=4, n=3, alpha=0.6, max_len=12
+        )
+        assert [h.tokens for h in kept] == [tokens for tokens, _ in expected], f"sentence {i}"
+        for h, (_, score) in zip(kept, expected, strict=True):
+            assert h.score == pytest.approx(score, abs=1e-4)
+            scored = len(h.tokens) + (len(h.tokens) < 12)  # eos, unless cut at the limit
+            assert h.score == pytest.approx(h.log_prob / gnmt_length_penalty(scored, 0.6), abs=1e-5)
+        scores = [h.score for h in kept]
+        assert scores == sorted(scores, reverse=True)  # best first
+        assert len({tuple(h.tokens) for h in kept}) == 3  # distinct hypotheses
+        # The first is the beam's best, the same as without n-best.
+        assert kept[0].tokens == out.tokens[i] == single.tokens[i]
+        assert kept[0].score == pytest.approx(single.scores[i].item(), abs=1e-6)
+    assert [len(k) for k in single.n_best] == [1, 1, 1, 1]
+
+
+def test_n_best_must_fit_in_the_beam(random_model):
+    src = pad_batch(sources([3], seed=13))
+    for n in (0, 4):
+        with pytest.raises(ValueError, match=rf"n_best must be from 1 to beam_size \(3\), got {n}"):
+            beam_search(random_model, src, bos_id=BOS, eos_id=RANDOM_EOS, beam_size=3, n_best=n)
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def sample(model: Transformer, src: torch.Tensor, seed: int, **kwargs) -> DecodingOutput:
+    kwargs.setdefault("max_len", 10)
+    generator = torch.Generator().manual_seed(seed)
+    return sample_decode(model, src, bos_id=BOS, eos_id=RANDOM_EOS, generator=generator, **kwargs)
+
+
+def test_sampling_is_reproducible_with_a_seed_and_differs_across_seeds(random_model):
+    src = pad_batch(sources([5, 3, 8, 2], seed=14))
+    first = sample(random_model, src, seed=1)
+    assert sample(random_model, src, seed=1).tokens == first.tokens
+    torch.testing.assert_close(sample(random_model, src, seed=1).scores, first.scores)
+    assert sample(random_model, src, seed=2).tokens != first.tokens
+    greedy = greedy_decode(random_model, src, bos_id=BOS, eos_id=RANDOM_EOS, max_len=10)
+    assert first.tokens != greedy.tokens  # a random model's distribution is flat: it varies
+
+
+@pytest.mark.parametrize("cut", [dict(top_k=1), dict(top_p=1e-6), dict(temperature=1e-4)])
+def test_sampling_cut_to_the_top_token_is_greedy(random_model, cut):
+    src = pad_batch(sources([5, 3, 8, 2, 6], seed=15))
+    greedy = greedy_decode(random_model, src, bos_id=BOS, eos_id=RANDOM_EOS, max_len=10)
+    for seed in (1, 2):
+        out = sample(random_model, src, seed=seed, **cut)
+        assert out.tokens == greedy.tokens
+        torch.testing.assert_close(out.scores, greedy.scores, atol=1e-5, rtol=0.0)
+
+
+def model_log_probs(model: Transformer, src: torch.Tensor, tokens: list[int]) -> torch.Tensor:
+    """Teacher-forced log-probabilities of every step's next token. Shape ``(len + 1, V)``."""
+    tgt = torch.tensor([[BOS, *tokens]])
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(src[None], tgt).logits[0], dim=-1)
+        logp[:, PAD] = NEG_INF
+    return logp.clone()
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(3, 1.0), (None, 0.5), (4, 0.6)])
+def test_sampled_tokens_stay_inside_the_top_k_and_the_nucleus(random_model, top_k, top_p):
+    rows = sources([6, 4, 9], seed=16)
+    for seed in range(3):
+        out = sample(random_model, pad_batch(rows), seed=seed, top_k=top_k, top_p=top_p)
+        for i, src in enumerate(rows):
+            tokens = out.tokens[i]
+            ended = len(tokens) < 10
+            scored = [*tokens, RANDOM_EOS] if ended else tokens
+            logp = model_log_probs(random_model, src, tokens)[: len(scored)]
+            # The score: the model's own log-probabilities of what was drawn.
+            expected = logp.gather(1, torch.tensor(scored)[:, None]).sum().item()
+            assert out.log_probs[i].item() == pytest.approx(expected, abs=1e-4)
+            for step, token in enumerate(scored):
+                probs, order = logp[step].exp().sort(descending=True)
+                rank = (order == token).nonzero().item()
+                if top_k is not None:
+                    assert rank < top_k
+                kept = probs[: top_k or V]
+                kept = kept / kept.sum()
+                assert kept[:rank].sum().item() < top_p  # the mass before it is under top_p
+
+
+def test_sampling_draws_from_the_model_distribution(random_model):
+    # 4000 draws of the first token of one sentence: frequencies near the probabilities.
+    src = pad_batch(sources([5], seed=17)).expand(4000, -1)
+    out = sample(random_model, src, seed=0, max_len=1)
+    drawn = torch.tensor([t[0] if t else RANDOM_EOS for t in out.tokens])
+    frequency = torch.bincount(drawn, minlength=V).float() / len(drawn)
+    probs = model_log_probs(random_model, src[0], [])[0].exp()
+    torch.testing.assert_close(frequency, probs, atol=0.03, rtol=0.0)
+
+
+def test_sampling_respects_max_and_min_length(random_model):
+    src = pad_batch(sources([4, 9, 2], seed=18))
+    forced = sample(random_model, src, seed=3, max_len=6, min_len=6)
+    assert [len(t) for t in forced.tokens] == [6, 6, 6]
+    assert all(RANDOM_EOS not in t and PAD not in t for t in forced.tokens)
+
+
+def test_sampling_errors(random_model):
+    src = pad_batch(sources([3], seed=19))
+    cases = [
+        (dict(temperature=0.0), "temperature must be > 0 and finite, got 0.0"),
+        (dict(temperature=-1.0), "temperature must be > 0"),
+        (dict(temperature=float("nan")), "temperature must be > 0"),
+        (dict(temperature=float("inf")), "temperature must be > 0 and finite"),
+        (dict(top_k=0), "top_k must be at least 1, got 0"),
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\], got 0.0"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\], got 1.5"),
+        (dict(top_p=float("nan")), r"top_p must be in \(0, 1\]"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            sample_decode(random_model, src, bos_id=BOS, eos_id=RANDOM_EOS, **kwargs)
+    with pytest.raises(ValueError, match="model.eval"):
+        sample_decode(random_model.train(), src, bos_id=BOS, eos_id=RANDOM_EOS)
+    random_model.eval()
+
+
+def test_copy_trained_model_samples_its_copy(copy_model):
+    # A confident model: sampling (temperature 1, no cut) draws the copy almost surely.
+    src, lengths = copy_batch(16, torch.Generator().manual_seed(21))
+    out = sample_decode(
+        copy_model, src, bos_id=BOS, eos_id=COPY_EOS, generator=torch.Generator().manual_seed(0)
+    )
+    expected = [row[:n] for row, n in zip(src.tolist(), lengths.tolist(), strict=True)]
+    assert sum(o == e for o, e in zip(out.tokens, expected, strict=True)) >= 14

@@ -1,10 +1,14 @@
-"""Greedy decoding and beam search for the seq2seq :class:`~qkv.models.Transformer`.
+"""Greedy decoding, beam search and sampling for the seq2seq :class:`~qkv.models.Transformer`.
 
-Both encode the source once, then run the decoder one new token per step with a
+All three encode the source once, then run the decoder one new token per step with a
 key/value cache (:meth:`Transformer.decode` with ``cache=``), so a step costs the
 same at every position instead of re-reading the whole prefix. Beam search follows
 the surviving hypotheses with ``cache.reorder(index)`` (section 6.1 of Vaswani et
-al. 2017: beam size 4, length penalty α = 0.6, maximum length source + 50).
+al. 2017: beam size 4, length penalty α = 0.6, maximum length source + 50), and
+can return its ``n_best`` best finished hypotheses. Sampling draws each token from
+the model's distribution, sharpened or flattened by a temperature and cut to the
+``top_k`` most probable tokens and to the nucleus of probability ``top_p`` (Holtzman
+et al. 2020).
 
 Notation:
     b   sentences in the batch
@@ -14,26 +18,31 @@ Notation:
     V   target vocabulary
     t   target tokens decoded so far (the step)
 
-Conventions shared by both functions:
+Conventions shared by the three functions:
 
 - Decoding of sentence ``i`` stops at ``eos_id`` or after ``max_len[i]`` new tokens,
   whichever comes first; ``max_len`` counts the eos token, so at most that many
   decoder steps run. The returned token lists hold neither bos nor eos.
 - A score is a sum of natural-log probabilities of the tokens produced, eos
   included when it was produced. Padding is never produced.
-- Batch-invariant: each sentence's result depends only on its own source. Its
-  padding is masked, its maximum length comes from its own length, and once it is
-  done it is frozen while the rest of the batch goes on. (Up to floating-point
+- Greedy decoding and beam search are batch-invariant: each sentence's result
+  depends only on its own source. Its padding is masked, its maximum length comes
+  from its own length, and once it is done it is frozen while the rest of the batch
+  goes on. (Up to floating-point
   rounding: a batch of a different size runs other matrix-multiply kernels, so two
-  candidates closer than ~1e-6 in score may swap.)
-- The model must be in eval mode (dropout would make decoding random); both
+  candidates closer than ~1e-6 in score may swap.) Sampling is reproducible with
+  the same generator state and the same batch, not across other batchings: the
+  batch draws its random numbers together.
+- The model must be in eval mode (dropout would make decoding random); the
   functions raise rather than switch it silently, and run under
   ``torch.inference_mode``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -46,13 +55,25 @@ from qkv.models.transformer import Transformer
 __all__ = [
     "MAX_LEN_MARGIN",
     "DecodingOutput",
+    "Hypothesis",
     "beam_search",
     "gnmt_length_penalty",
     "greedy_decode",
+    "sample_decode",
 ]
 
 # Default maximum output length: source length + 50 (Vaswani et al. 2017, section 6.1).
 MAX_LEN_MARGIN = 50
+
+
+@dataclass
+class Hypothesis:
+    """One finished hypothesis: ``tokens`` without bos and eos, their total
+    ``log_prob`` and the beam's ``score`` (``log_prob / lp(|Y|)``)."""
+
+    tokens: list[int]
+    log_prob: float
+    score: float
 
 
 @dataclass
@@ -61,13 +82,17 @@ class DecodingOutput:
 
     ``tokens[i]``: the output ids of sentence ``i``, without bos and eos.
     ``log_probs``: ``(b,)`` their total log-probability (eos included when produced).
-    ``scores``: ``(b,)`` what the search maximised: ``log_probs`` for greedy decoding,
-    ``log_probs / lp(|Y|)`` for beam search (see :func:`gnmt_length_penalty`).
+    ``scores``: ``(b,)`` what the search maximised: ``log_probs`` for greedy decoding
+    and sampling, ``log_probs / lp(|Y|)`` for beam search (see
+    :func:`gnmt_length_penalty`).
+    ``n_best[i]``: beam search only (else empty): sentence ``i``'s best finished
+    hypotheses, best first, at most ``n_best`` of them; the first is ``tokens[i]``.
     """
 
     tokens: list[list[int]]
     log_probs: Tensor
     scores: Tensor
+    n_best: list[list[Hypothesis]] = field(default_factory=list)
 
 
 def gnmt_length_penalty(length: int | Tensor, alpha: float) -> float | Tensor:
@@ -110,12 +135,106 @@ def greedy_decode(
     src_mask, limits = _prepare(
         model, src_ids, bos_id, eos_id, max_len, min_len, src_key_padding_mask
     )
-    out = _greedy(model, src_ids, src_mask, limits, bos_id=bos_id, eos_id=eos_id, min_len=min_len)
+    # The first maximum on ties (torch.argmax's documented choice).
+    out = _step_by_step(
+        model,
+        src_ids,
+        src_mask,
+        limits,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        min_len=min_len,
+        choose=lambda logp: logp.argmax(dim=-1),
+    )
     return _ordinary_tensors(out)
 
 
+def sample_decode(
+    model: Transformer,
+    src_ids: Tensor,
+    *,
+    bos_id: int,
+    eos_id: int,
+    max_len: int | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    min_len: int = 0,
+    src_key_padding_mask: Tensor | None = None,
+) -> DecodingOutput:
+    """Draw each next token at random from the model's distribution, filtered.
+
+    At each step the log-probabilities are divided by ``temperature`` (below 1:
+    sharper, above 1: flatter); only the ``top_k`` most probable tokens are kept,
+    then only the smallest set of the most probable ones whose probability (after
+    the temperature and top-k) reaches ``top_p`` (nucleus sampling; the most
+    probable token always stays). Ties in probability keep the lower ids, as
+    greedy decoding does: ``top_k=1`` or a tiny ``top_p`` is greedy decoding.
+
+    Args:
+        temperature: > 0.
+        top_k: ≥ 1, or None for no cut.
+        top_p: in (0, 1]; 1 keeps every token.
+        generator: the random numbers' source, on ``src_ids``' device; None: torch's
+            global generator. The same generator state and the same batch give the
+            same output.
+        Others: as :func:`greedy_decode`.
+
+    Shape:
+        src_ids ``(b, s)``; returns ``b`` token lists and ``(b,)`` log-probabilities
+        (= scores) of the sampled tokens under the model's own distribution (no
+        temperature, no filtering), comparable with greedy decoding's.
+    """
+    if not (temperature > 0 and math.isfinite(temperature)):  # NaN fails every test
+        raise ValueError(f"temperature must be > 0 and finite, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    src_mask, limits = _prepare(
+        model, src_ids, bos_id, eos_id, max_len, min_len, src_key_padding_mask
+    )
+    out = _step_by_step(
+        model,
+        src_ids,
+        src_mask,
+        limits,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        min_len=min_len,
+        choose=lambda logp: _sample_tokens(logp, temperature, top_k, top_p, generator),
+    )
+    return _ordinary_tensors(out)
+
+
+def _sample_tokens(
+    logp: Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """One token per row drawn from the filtered distribution (see :func:`sample_decode`).
+    Shape: logp ``(n, V)`` -> ``(n,)``."""
+    # Sorted once, most probable first; stable, so equal ones stay in id order.
+    sorted_logp, sorted_ids = logp.sort(dim=-1, descending=True, stable=True)  # (n, V)
+    scaled = sorted_logp / temperature  # (n, V)
+    rank = torch.arange(scaled.shape[-1], device=scaled.device)  # (V,)
+    drop = torch.zeros_like(scaled, dtype=torch.bool)  # (n, V)
+    if top_k is not None:
+        drop |= rank >= top_k
+    if top_p < 1:
+        probs = torch.softmax(scaled.masked_fill(drop, float("-inf")), dim=-1)  # (n, V)
+        before = probs.cumsum(dim=-1) - probs  # (n, V) mass of the more probable tokens
+        drop |= before >= top_p  # the first token has 0 before it: always kept
+    probs = torch.softmax(scaled.masked_fill(drop, float("-inf")), dim=-1)  # (n, V)
+    choice = torch.multinomial(probs, 1, generator=generator)  # (n, 1) rank drawn
+    return sorted_ids.gather(1, choice)[:, 0]  # (n,)
+
+
 @torch.inference_mode()
-def _greedy(
+def _step_by_step(
     model: Transformer,
     src_ids: Tensor,
     src_mask: Tensor,
@@ -124,7 +243,10 @@ def _greedy(
     bos_id: int,
     eos_id: int,
     min_len: int,
+    choose: Callable[[Tensor], Tensor],
 ) -> DecodingOutput:
+    """Greedy decoding and sampling: one token per sentence and step, picked by
+    ``choose(logp) -> (b,)`` from the ``(b, V)`` log-probabilities."""
     b, device, pad_id = src_ids.shape[0], src_ids.device, model.config.pad_id
     memory = model.encode(src_ids, src_key_padding_mask=src_mask).last_hidden_state  # (b, s, d)
     cache = model.init_cache()
@@ -138,7 +260,8 @@ def _greedy(
             inputs, memory, memory_key_padding_mask=src_mask, cache=cache
         ).last_hidden_state  # (b, 1, d)
         logp = _next_log_probs(model, hidden[:, -1], t, eos_id=eos_id, min_len=min_len)  # (b, V)
-        token_logp, token = logp.max(dim=-1)  # (b,), (b,); first maximum on ties
+        token = choose(logp)  # (b,)
+        token_logp = logp.gather(1, token[:, None])[:, 0]  # (b,)
         # Sentences already done emit padding and add nothing to their score.
         token = token.masked_fill(done, pad_id)
         log_probs += token_logp.masked_fill(done, 0.0)
@@ -164,6 +287,7 @@ def beam_search(
     max_len: int | None = None,
     min_len: int = 0,
     src_key_padding_mask: Tensor | None = None,
+    n_best: int = 1,
 ) -> DecodingOutput:
     """Beam search with GNMT's length penalty, all sentences in one batch of ``b × k`` rows.
 
@@ -172,10 +296,12 @@ def beam_search(
     candidate ranked within the first ``k`` (it would have taken a beam slot) ends a
     hypothesis, scored ``log_prob / lp(|Y|)``; the first ``k`` candidates that do not
     end in eos are the next alive beams. A hypothesis that reaches its sentence's
-    maximum length ends there, scored the same way. Only the best finished
-    hypothesis of a sentence is kept; a new one replaces it only if strictly better.
+    maximum length ends there, scored the same way (all its alive beams do). The
+    ``n_best`` best finished hypotheses of a sentence are kept; a new one passes a
+    kept one only if strictly better.
 
-    A sentence is done when no alive hypothesis can beat its best finished one:
+    A sentence is done when no alive hypothesis can beat its best finished one
+    (with ``n_best > 1``: its ``n_best``-th best, so that the list is complete):
     log-probabilities only fall, so an alive hypothesis can at best end with
     ``log_prob / lp(max_len)`` (Wu et al. 2016; tensor2tensor's stopping rule). The
     result is then the same as if the search had gone on to the maximum length,
@@ -188,14 +314,19 @@ def beam_search(
     Args:
         beam_size: hypotheses kept per sentence (``k``).
         length_penalty: GNMT's α ≥ 0.
+        n_best: finished hypotheses returned per sentence in ``DecodingOutput.n_best``,
+            1 to ``beam_size``. The best one is the same whatever ``n_best`` is.
         Others: as :func:`greedy_decode`.
 
     Shape:
-        src_ids ``(b, s)``; returns ``b`` token lists, ``(b,)`` log-probabilities and
-        ``(b,)`` scores.
+        src_ids ``(b, s)``; returns ``b`` token lists, ``(b,)`` log-probabilities,
+        ``(b,)`` scores and ``b`` lists of up to ``n_best`` hypotheses (fewer only
+        where the search found fewer, e.g. a tiny vocabulary).
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+    if not 1 <= n_best <= beam_size:
+        raise ValueError(f"n_best must be from 1 to beam_size ({beam_size}), got {n_best}")
     if not length_penalty >= 0 or length_penalty == float("inf"):  # NaN fails every test
         raise ValueError(f"length_penalty (α) must be >= 0 and finite, got {length_penalty}")
     src_mask, limits = _prepare(
@@ -211,6 +342,7 @@ def beam_search(
         k=beam_size,
         alpha=length_penalty,
         min_len=min_len,
+        n_best=n_best,
     )
     return _ordinary_tensors(out)
 
@@ -227,6 +359,7 @@ def _beam(
     k: int,
     alpha: float,
     min_len: int,
+    n_best: int,
 ) -> DecodingOutput:
     b, device, pad_id = src_ids.shape[0], src_ids.device, model.config.pad_id
     neg_inf = float("-inf")
@@ -245,24 +378,32 @@ def _beam(
     alive_logp[:, 0] = 0.0
     alive_tokens = torch.empty(b * k, 0, dtype=torch.long, device=device)  # (b·k, t)
     inputs = torch.full((b * k, 1), bos_id, dtype=torch.long, device=device)  # (b·k, 1)
-    best_score = torch.full((b,), neg_inf, device=device)  # (b,)
-    best_logp = torch.full((b,), neg_inf, device=device)  # (b,)
-    best_tokens = torch.full((b, max_steps), pad_id, dtype=torch.long, device=device)  # (b, T)
-    best_len = torch.zeros(b, dtype=torch.long, device=device)  # (b,)
+    # The n_best best finished hypotheses of each sentence, best first (N = n_best).
+    best_score = torch.full((b, n_best), neg_inf, device=device)  # (b, N)
+    best_logp = torch.full((b, n_best), neg_inf, device=device)  # (b, N)
+    best_tokens = torch.full(
+        (b, n_best, max_steps), pad_id, dtype=torch.long, device=device
+    )  # (b, N, T)
+    best_len = torch.zeros(b, n_best, dtype=torch.long, device=device)  # (b, N)
     done = torch.zeros(b, dtype=torch.bool, device=device)  # (b,)
     rank = torch.arange(2 * k, device=device)  # (2k,)
 
     def keep_if_better(score: Tensor, logp: Tensor, tokens: Tensor) -> None:
-        """Where ``score`` is strictly higher than the best so far, the hypothesis
-        ``tokens`` becomes its sentence's best finished one.
-        Shape: score, logp ``(b,)``; tokens ``(b, length)``, without eos."""
+        """Merge the finished hypotheses ``tokens`` into their sentences' n_best best.
+        A stable sort with the kept ones first: a new hypothesis passes a kept one only
+        if strictly better, and equal new ones keep their rank order; -inf never enters.
+        Shape: score, logp ``(b, c)``; tokens ``(b, c, length)``, without eos."""
         nonlocal best_score, best_logp, best_tokens, best_len
-        better = score > best_score  # (b,); -inf never wins
-        padded = F.pad(tokens, (0, max_steps - tokens.shape[1]), value=pad_id)  # (b, T)
-        best_tokens = torch.where(better[:, None], padded, best_tokens)  # (b, T)
-        best_len = best_len.masked_fill(better, tokens.shape[1])
-        best_logp = torch.where(better, logp, best_logp)
-        best_score = torch.where(better, score, best_score)
+        c, length = tokens.shape[1], tokens.shape[2]
+        padded = F.pad(tokens, (0, max_steps - length), value=pad_id)  # (b, c, T)
+        scores = torch.cat([best_score, score], dim=1)  # (b, N + c)
+        order = scores.sort(dim=1, descending=True, stable=True).indices[:, :n_best]  # (b, N)
+        lengths = torch.cat([best_len, best_len.new_full((b, c), length)], dim=1)  # (b, N + c)
+        all_tokens = torch.cat([best_tokens, padded], dim=1)  # (b, N + c, T)
+        best_tokens = all_tokens.gather(1, order[:, :, None].expand(-1, -1, max_steps))
+        best_len = lengths.gather(1, order)
+        best_logp = torch.cat([best_logp, logp], dim=1).gather(1, order)
+        best_score = scores.gather(1, order)
 
     for t in range(max_steps):
         n = t + 1  # scored tokens of a hypothesis that ends at this step
@@ -278,14 +419,13 @@ def _beam(
         top_beam, top_token = top_index // vocab, top_index % vocab  # (b, 2k)
         is_eos = top_token == eos_id  # (b, 2k)
 
-        # Hypotheses ending in eos now. They all have length n, so the best
-        # log-probability is the best score. (-inf candidates are beams that never
-        # were: the first step, or a done sentence.)
+        # Hypotheses ending in eos now. They all have length n, so their order by
+        # log-probability is their order by score. (-inf candidates are beams that
+        # never were: the first step, or a done sentence.)
         ends = is_eos & (rank < k) & top_logp.isfinite() & ~done[:, None]  # (b, 2k)
         end_score = torch.where(ends, top_logp / lp, neg_inf)  # (b, 2k)
-        score, pos = end_score.max(dim=-1)  # (b,); the best rank on ties
-        row = first_row[:, 0] + top_beam.gather(1, pos[:, None])[:, 0]  # (b,) its beam's row
-        keep_if_better(score, top_logp.gather(1, pos[:, None])[:, 0], alive_tokens[row])
+        end_rows = first_row + top_beam  # (b, 2k) the row of each candidate's beam
+        keep_if_better(end_score, top_logp, alive_tokens[end_rows])
 
         # The next alive beams: the first k candidates not ending in eos (a stable
         # sort on the flag keeps their rank order; at most k of the 2k are eos).
@@ -297,21 +437,38 @@ def _beam(
         cache.reorder(rows)
         inputs = new_tokens[:, None]  # (b·k, 1)
 
-        # At its maximum length a sentence's alive beams end as they are; beam 0 is
-        # its best.
+        # At its maximum length a sentence's alive beams end as they are (beam 0 is
+        # its best).
         at_limit = (n >= limits) & ~done  # (b,)
         keep_if_better(
-            torch.where(at_limit, alive_logp[:, 0] / lp, neg_inf),
-            alive_logp[:, 0],
-            alive_tokens[first_row[:, 0]],
+            torch.where(at_limit[:, None], alive_logp / lp, neg_inf),
+            alive_logp,
+            alive_tokens.view(b, k, n),
         )
-        beaten = best_score >= alive_logp[:, 0] / last_lp  # (b,) no alive hypothesis can win
+        # No alive hypothesis can enter the n_best any more.
+        beaten = best_score[:, -1] >= alive_logp[:, 0] / last_lp  # (b,)
         done |= at_limit | beaten
         if bool(done.all()):  # one host sync per step: stop as soon as all are done
             break
         # Frozen: a done sentence's beams produce only -inf candidates from now on.
         alive_logp = alive_logp.masked_fill(done[:, None], neg_inf)
-    return DecodingOutput(_to_lists(best_tokens, best_len), best_logp, best_score)
+    kept: list[list[Hypothesis]] = [
+        [
+            Hypothesis(row[:length], logp, score)
+            for row, length, logp, score in zip(*columns, strict=True)
+            if score > neg_inf
+        ]
+        for columns in zip(
+            best_tokens.tolist(),
+            best_len.tolist(),
+            best_logp.tolist(),
+            best_score.tolist(),
+            strict=True,
+        )
+    ]
+    return DecodingOutput(
+        _to_lists(best_tokens[:, 0], best_len[:, 0]), best_logp[:, 0], best_score[:, 0], kept
+    )
 
 
 def _prepare(
@@ -380,7 +537,7 @@ def _next_log_probs(
 def _ordinary_tensors(out: DecodingOutput) -> DecodingOutput:
     """Clones made outside inference mode: inference tensors refuse in-place updates
     and autograd, which would surprise a caller that goes on computing with scores."""
-    return DecodingOutput(out.tokens, out.log_probs.clone(), out.scores.clone())
+    return DecodingOutput(out.tokens, out.log_probs.clone(), out.scores.clone(), out.n_best)
 
 
 def _to_lists(tokens: Tensor, lengths: Tensor) -> list[list[int]]:

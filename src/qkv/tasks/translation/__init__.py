@@ -1,5 +1,5 @@
-"""German–English translation with qkv's Transformer: recipes, training, translating,
-scoring.
+"""Translation with qkv's Transformer, on the German–English dictionary or any parallel
+corpus (:mod:`qkv.data.parallel`): recipes, training, translating, scoring.
 
 - :mod:`~qkv.tasks.translation.presets`: the recipes (``tiny``, ``small``, ``medium``,
   ``base``);

@@ -1,11 +1,18 @@
-"""Train a translator: the Ding dictionary's sentence pairs (:mod:`qkv.data.translation`),
-a joint BPE vocabulary trained on the training split (:mod:`qkv.data.bpe`), batches
-grouped by length (:mod:`qkv.data.batching`), the shared training engine
-(:mod:`qkv.train`), validation loss and greedy BLEU while training.
+"""Train a translator: the Ding dictionary's sentence pairs (:mod:`qkv.data.translation`)
+or the user's own parallel corpus (:mod:`qkv.data.parallel`), a joint BPE vocabulary
+trained on the training split (:mod:`qkv.data.bpe`), batches grouped by length
+(:mod:`qkv.data.batching`), the shared training engine (:mod:`qkv.train`), validation
+loss and greedy BLEU while training.
+
+A user's corpus is streamed, never held as Python text: one pass trains the BPE
+vocabulary, one more tokenises it into compact id arrays (:class:`EncodedPairs`), and the
+batches of each epoch are padded from those arrays only when the engine asks for them.
 
 A run directory (:mod:`qkv.train.rundir`: locked, never overwritten by accident) holds
-``run.json`` (what defines the run), ``tokenizer.json``, ``checkpoints/step-*/`` (weights, the model
-configuration and the recipe), ``metrics.csv`` and ``loss_curves.png``.
+``run.json`` (what defines the run: the recipe, the languages, the data files with their
+sizes and SHA-256), ``tokenizer.json``, ``checkpoints/step-*/`` (weights, the model
+configuration, the recipe, the languages and where the data came from), ``metrics.csv``
+and ``loss_curves.png``.
 """
 
 from __future__ import annotations
@@ -13,16 +20,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from qkv.data.batching import Seq2SeqBatch, collate_pairs, token_batches
-from qkv.data.bpe import BOS_ID, EOS_ID, PAD_ID, TranslationTokenizer
-from qkv.data.translation import Direction, ParallelCorpus, load_translation
+from qkv.data.batching import Seq2SeqBatch, token_batches
+from qkv.data.bpe import BOS_ID, EOS_ID, PAD_ID, BPETokenizer, TranslationTokenizer
+from qkv.data.parallel import (
+    EncodedPairs,
+    EncodedPairsBuilder,
+    ParallelData,
+    SkippedLines,
+)
+from qkv.data.translation import Direction, load_translation
 from qkv.models.transformer import Transformer
 from qkv.tasks.translation.presets import PRESETS, TranslationPreset
 from qkv.tasks.translation.translator import FAMILY, Translator, score
@@ -31,50 +46,168 @@ from qkv.train.checkpoint import list_checkpoints
 from qkv.train.losses import seq2seq_loss
 from qkv.train.rundir import IDENTITY_FILE, RunDirError, open_run_dir
 
-__all__ = ["encode_pairs", "epoch_batches", "tokenizer_sha256", "train_translator"]
+__all__ = [
+    "EpochBatches",
+    "encode_pairs",
+    "epoch_batches",
+    "tokenizer_sha256",
+    "train_translator",
+]
 
 logger = logging.getLogger(__name__)
 
+Pair = tuple[str, str]
+
+# Pairs tokenised per call of the Rust tokenizer: large enough for its threads, small
+# enough that the chunk's Python lists stay a few megabytes.
+_CHUNK = 8192
+
+
+class _PairEncoder:
+    """Tokenises pairs chunk by chunk into an :class:`EncodedPairs`; pairs with an empty
+    side or longer than ``max_len`` (with the tokens collation adds) are left out."""
+
+    def __init__(self, tokenizer: TranslationTokenizer, max_len: int) -> None:
+        self.tokenizer, self.max_len = tokenizer, max_len
+        self.builder = EncodedPairsBuilder(
+            max(tokenizer.source.vocab_size, tokenizer.target.vocab_size)
+        )
+        self.pending: list[Pair] = []
+        self.dropped = 0
+
+    def add(self, pair: Pair) -> None:
+        self.pending.append(pair)
+        if len(self.pending) >= _CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        sources = self.tokenizer.source.encode_batch([s for s, _ in self.pending])
+        targets = self.tokenizer.target.encode_batch([t for _, t in self.pending])
+        self.pending = []
+        # +1 for the eos (source) or bos/eos (target) that collation adds.
+        keep = [
+            i
+            for i, (s, t) in enumerate(zip(sources, targets, strict=True))
+            if 0 < len(s) + 1 <= self.max_len and 0 < len(t) + 1 <= self.max_len
+        ]
+        self.dropped += len(sources) - len(keep)
+        self.builder.add([sources[i] for i in keep], [targets[i] for i in keep])
+
+    def finish(self, what: str = "pairs") -> EncodedPairs:
+        self._flush()
+        if self.dropped:
+            logger.info(
+                "%s: left out %d pairs with an empty side or longer than %d tokens",
+                what,
+                self.dropped,
+                self.max_len - 1,
+            )
+        return self.builder.build()
+
 
 def encode_pairs(
-    pairs: Sequence[tuple[str, str]], tokenizer: TranslationTokenizer, max_len: int
-) -> list[tuple[list[int], list[int]]]:
-    """Token ids of each (source, target) pair; pairs with an empty side or longer than
-    ``max_len`` (with the tokens collation adds) are left out."""
-    sources = tokenizer.source.encode_batch([s for s, _ in pairs])
-    targets = tokenizer.target.encode_batch([t for _, t in pairs])
-    # +1 for the eos (source) or bos/eos (target) that collation adds.
-    return [
-        (s, t)
-        for s, t in zip(sources, targets, strict=True)
-        if 0 < len(s) + 1 <= max_len and 0 < len(t) + 1 <= max_len
-    ]
+    pairs: Iterable[Pair], tokenizer: TranslationTokenizer, max_len: int
+) -> EncodedPairs:
+    """Token ids of each (source, target) pair, in compact arrays; pairs with an empty
+    side or longer than ``max_len`` (with the tokens collation adds) are left out.
+    ``pairs`` is read once, chunk by chunk, so it may be a generator over a large file."""
+    encoder = _PairEncoder(tokenizer, max_len)
+    for pair in pairs:
+        encoder.add(pair)
+    return encoder.finish()
+
+
+def collate_encoded(encoded: EncodedPairs, indices: Sequence[int]) -> Seq2SeqBatch:
+    """The :class:`Seq2SeqBatch` of pairs ``indices`` (what
+    :func:`qkv.data.batching.collate_pairs` makes of the same ids), padded from the arrays
+    directly. Shapes: src ``(b, longest source + 1)``, tgt_in/tgt_out ``(b, longest
+    target + 1)``."""
+    if len(indices) == 0:
+        raise ValueError("a batch needs at least one pair")
+    rows = np.asarray(indices, dtype=np.int64)
+    b, every = len(rows), np.arange(len(rows))
+    padded = []
+    for ids, offsets in (
+        (encoded.source_ids, encoded.source_offsets),
+        (encoded.target_ids, encoded.target_offsets),
+    ):
+        starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
+        columns = np.arange(int(lengths.max()))
+        inside = columns[None, :] < lengths[:, None]  # (b, longest): a row's own ids
+        positions = (starts[:, None] + columns[None, :])[inside]
+        padded.append((ids[positions].astype(np.int64), inside, lengths))
+    (src_ids, src_inside, src_len), (tgt_ids, tgt_inside, tgt_len) = padded
+    src = np.full((b, src_inside.shape[1] + 1), PAD_ID, dtype=np.int64)
+    src[:, :-1][src_inside] = src_ids
+    src[every, src_len] = EOS_ID
+    tgt_in = np.full((b, tgt_inside.shape[1] + 1), PAD_ID, dtype=np.int64)
+    tgt_in[:, 0] = BOS_ID
+    tgt_in[:, 1:][tgt_inside] = tgt_ids
+    tgt_out = np.full_like(tgt_in, PAD_ID)
+    tgt_out[:, :-1][tgt_inside] = tgt_ids
+    tgt_out[every, tgt_len] = EOS_ID
+    return Seq2SeqBatch(
+        torch.from_numpy(src), torch.from_numpy(tgt_in), torch.from_numpy(tgt_out), PAD_ID
+    )
+
+
+class EpochBatches(Sequence[Seq2SeqBatch]):
+    """The batches of one epoch, padded only when read (a whole epoch of padded tensors
+    would take far more memory than the ids)."""
+
+    def __init__(self, encoded: EncodedPairs, groups: list[list[int]]) -> None:
+        self.encoded, self.groups = encoded, groups
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [collate_encoded(self.encoded, g) for g in self.groups[index]]
+        return collate_encoded(self.encoded, self.groups[index])
+
+    def __iter__(self) -> Iterator[Seq2SeqBatch]:
+        for group in self.groups:
+            yield collate_encoded(self.encoded, group)
 
 
 def epoch_batches(
-    encoded: list[tuple[list[int], list[int]]], max_tokens: int, seed: int
-) -> Callable[[int], list[Seq2SeqBatch]]:
+    encoded: EncodedPairs, max_tokens: int, seed: int
+) -> Callable[[int], EpochBatches]:
     """The engine's ``batches(epoch)``: pairs grouped by length into batches of at most
     ``max_tokens`` tokens, padding included, in an order fixed by (seed, epoch)."""
-    lengths = [max(len(s), len(t)) + 1 for s, t in encoded]
+    longest = np.maximum(encoded.source_lengths(), encoded.target_lengths()) + 1
+    lengths = longest.tolist()
 
-    def batches(epoch: int) -> list[Seq2SeqBatch]:
-        groups = token_batches(lengths, max_tokens, seed=seed, epoch=epoch)
-        return [
-            collate_pairs([encoded[i] for i in g], pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID)
-            for g in groups
-        ]
+    def batches(epoch: int) -> EpochBatches:
+        return EpochBatches(encoded, token_batches(lengths, max_tokens, seed=seed, epoch=epoch))
 
     return batches
 
 
 @torch.inference_mode()
-def _valid_loss(model: nn.Module, batches: list[Seq2SeqBatch], device: torch.device) -> float:
+def _valid_loss(model: nn.Module, batches: Iterable[Seq2SeqBatch], device: torch.device) -> float:
     total, count = 0.0, 0
     for batch in batches:
         loss, n = seq2seq_loss(model, batch.to(device), label_smoothing=0.0)
         total, count = total + float(loss), count + int(n)
     return total / max(count, 1)
+
+
+@dataclass
+class _Data:
+    """What training needs of a corpus, read and checked before the run directory opens."""
+
+    train: EncodedPairs
+    valid: EncodedPairs
+    bleu_set: list[Pair]  # the first valid pairs, as text, for BLEU while training
+    direction: str
+    src_lang: str
+    tgt_lang: str
+    record: dict[str, Any]  # where the data came from (checkpoint meta; eval finds the test)
+    identity: dict[str, Any]  # the run.json fields of the data
 
 
 def train_translator(
@@ -83,10 +216,12 @@ def train_translator(
     *,
     direction: Direction = "de-en",
     data_path: str | Path | None = None,
+    data: ParallelData | None = None,
     resume: bool = False,
     overwrite: bool = False,
     max_steps: int | None = None,
     limit: int | None = None,
+    vocab_size: int | None = None,
     bleu_sentences: int = 200,
     device: str | None = None,
     seed: int = 0,
@@ -94,11 +229,16 @@ def train_translator(
 ) -> TrainResult:
     """Train a translator into ``run_dir``.
 
+    The data: the Ding dictionary (``data_path``, default the Debian file, in
+    ``direction``), or the user's own corpus (``data``; its languages and files are
+    recorded in the run). ``limit`` keeps only that many sentence pairs (tests).
+    ``vocab_size`` overrides the recipe's joint BPE vocabulary size.
+
     Validation every ``train.eval_every`` steps: loss on the whole valid split and
-    BLEU (greedy) on its first ``bleu_sentences`` sentences. ``limit`` keeps only that
-    many sentence pairs (tests). With ``resume`` the tokenizer and the training
-    state come from ``run_dir``; ``overwrite`` replaces a run already there (without
-    either, such a folder is refused: :mod:`qkv.train.rundir`).
+    BLEU (greedy) on its first ``bleu_sentences`` sentences. With ``resume`` the tokenizer
+    and the training state come from ``run_dir`` (a changed data file is refused);
+    ``overwrite`` replaces a run already there (without either, such a folder is refused:
+    :mod:`qkv.train.rundir`).
 
     The options, the corpus and the tokenizer are settled before ``run_dir`` is touched.
     """
@@ -106,16 +246,56 @@ def train_translator(
     recipe = recipe.override({"train.seed": seed})
     if max_steps is not None:
         recipe = recipe.override({"train.max_steps": max_steps})
+    if vocab_size is not None:
+        recipe = recipe.override(
+            {"model.src_vocab_size": vocab_size, "model.tgt_vocab_size": vocab_size}
+        )
+    if data is not None and data_path is not None:
+        raise ValueError("pass the dictionary (data_path) or your own corpus (data), not both")
     run_dir = Path(run_dir)
-    corpus = load_translation(
-        data_path, direction=direction, include_phrases=recipe.include_phrases, limit=limit
-    )
-    tokenizer = _tokenizer(run_dir, corpus.train, recipe.vocab_size, resume=resume)
+    max_len = recipe.model.max_len
+    if data is None:
+        corpus = load_translation(
+            data_path, direction=direction, include_phrases=recipe.include_phrases, limit=limit
+        )
+        tokenizer = _tokenizer(run_dir, lambda: corpus.train, recipe.vocab_size, resume=resume)
+        prepared = _Data(
+            train=encode_pairs(corpus.train, tokenizer, max_len),
+            valid=encode_pairs(corpus.valid, tokenizer, max_len),
+            bleu_set=list(corpus.valid[:bleu_sentences]),
+            direction=direction,
+            src_lang=direction.split("-")[0],
+            tgt_lang=direction.split("-")[1],
+            record={
+                "kind": "dictionary",
+                "path": str(corpus.path.absolute()),
+                "limit": limit,
+            },
+            # As before own corpora existed, so earlier runs still resume.
+            identity={
+                "direction": direction,
+                "data": {"path": str(data_path) if data_path is not None else None,
+                         "limit": limit},
+            },
+        )  # fmt: skip
+    else:
+        if limit is not None:
+            data = data.with_limit(limit)
+        data.check()
+        own = data
+        tokenizer = _tokenizer(
+            run_dir,
+            lambda: (p for split, p in own.train_file_pairs() if split == "train"),
+            recipe.vocab_size,
+            resume=resume,
+        )
+        prepared = _read_own(data, tokenizer, max_len, bleu_sentences)
+    if len(prepared.train) == 0:
+        raise ValueError("no training pairs left once tokenised (all empty or too long)")
     identity = {
         "task": "translation",
         **recipe.to_dict(),
-        "direction": direction,
-        "data": {"path": str(data_path) if data_path is not None else None, "limit": limit},
+        **prepared.identity,
         "tokenizer_sha256": tokenizer_sha256(tokenizer),
     }
     with open_run_dir(
@@ -125,9 +305,67 @@ def train_translator(
         identity=identity,
         create=tokenizer.save,  # tokenizer.json first, then run.json
     ):
-        return _train(run_dir, recipe, corpus, tokenizer, direction, resume=resume,
-                      bleu_sentences=bleu_sentences, device=device, seed=seed,
-                      progress=progress)  # fmt: skip
+        return _train(run_dir, recipe, prepared, tokenizer, resume=resume, device=device,
+                      seed=seed, progress=progress)  # fmt: skip
+
+
+def _read_own(
+    data: ParallelData, tokenizer: TranslationTokenizer, max_len: int, bleu_sentences: int
+) -> _Data:
+    """One pass over the train file (and the valid and test files when given): token ids
+    of train and valid, the BLEU sentences, every line checked, bad lines counted."""
+    record = data.record()  # the files' sizes and hashes, before reading them
+    skipped = SkippedLines()
+    train, valid = _PairEncoder(tokenizer, max_len), _PairEncoder(tokenizer, max_len)
+    bleu_set: list[Pair] = []
+    counts = {"train": 0, "valid": 0, "test": 0}
+    for split, pair in data.train_file_pairs(skipped):
+        counts[split] += 1
+        if split == "train":
+            train.add(pair)
+        elif split == "valid":
+            valid.add(pair)
+            if len(bleu_set) < bleu_sentences:
+                bleu_set.append(pair)
+    if data.valid is not None:
+        for pair in data.pairs("valid", skipped):
+            counts["valid"] += 1
+            valid.add(pair)
+            if len(bleu_set) < bleu_sentences:
+                bleu_set.append(pair)
+    if data.test is not None:  # read now so that a bad line stops the run before it starts
+        counts["test"] = sum(1 for _ in data.pairs("test", skipped))
+    skipped.log()
+    for split in ("train", "valid", "test"):
+        if counts[split] == 0:
+            raise ValueError(
+                f"{data.train.name}: the hash split left no {split} pairs "
+                f"(of {sum(counts.values())}); pass --{split} FILE or use more data"
+            )
+    logger.info(
+        "%s: %d train, %d valid, %d test pairs%s",
+        data.train.name,
+        counts["train"],
+        counts["valid"],
+        counts["test"],
+        f" ({skipped.total} bad lines skipped)" if skipped.total else "",
+    )
+    identity = {
+        "direction": data.direction,
+        "src_lang": data.src_lang,
+        "tgt_lang": data.tgt_lang,
+        "data": record,
+    }
+    return _Data(
+        train=train.finish("train"),
+        valid=valid.finish("valid"),
+        bleu_set=bleu_set,
+        direction=data.direction,
+        src_lang=data.src_lang,
+        tgt_lang=data.tgt_lang,
+        record=record,
+        identity=identity,
+    )
 
 
 def tokenizer_sha256(tokenizer: TranslationTokenizer) -> str:
@@ -137,11 +375,11 @@ def tokenizer_sha256(tokenizer: TranslationTokenizer) -> str:
 
 
 def _tokenizer(
-    run_dir: Path, sentences: Sequence[tuple[str, str]], vocab_size: int, *, resume: bool
+    run_dir: Path, pairs: Callable[[], Iterable[Pair]], vocab_size: int, *, resume: bool
 ) -> TranslationTokenizer:
-    """The run's tokenizer when resuming one; else one trained on ``sentences`` (in memory:
-    the run directory writes it). A resumed run whose tokenizer is gone is an error, never
-    a new vocabulary under old weights."""
+    """The run's tokenizer when resuming one; else a joint one trained on ``pairs()`` (in
+    memory: the run directory writes it), streamed. A resumed run whose tokenizer is gone
+    is an error, never a new vocabulary under old weights."""
     if resume:
         try:
             return TranslationTokenizer.load(run_dir)
@@ -151,18 +389,20 @@ def _tokenizer(
                     f"{run_dir} holds a run without its tokenizer.json; it cannot be resumed "
                     "(pass --overwrite to train a new run there)"
                 ) from None
-    return TranslationTokenizer.train(sentences, vocab_size=vocab_size)
+    # Source and target sentences in turn, as TranslationTokenizer.train reads them, but
+    # streamed: the trainer counts words as it goes and never needs the list.
+    texts = (text for pair in pairs() for text in pair)
+    shared = BPETokenizer.train(texts, vocab_size=vocab_size)
+    return TranslationTokenizer(source=shared, target=shared)
 
 
 def _train(
     run_dir: Path,
     recipe: TranslationPreset,
-    corpus: ParallelCorpus,
+    data: _Data,
     tokenizer: TranslationTokenizer,
-    direction: Direction,
     *,
     resume: bool,
-    bleu_sentences: int,
     device: str | None,
     seed: int,
     progress: bool | None,
@@ -172,11 +412,11 @@ def _train(
     vocab_size = tokenizer.source.vocab_size
     config = replace(recipe.model, src_vocab_size=vocab_size, tgt_vocab_size=vocab_size)
     model = Transformer(config)
-    train_pairs = encode_pairs(corpus.train, tokenizer, config.max_len)
-    valid_pairs = encode_pairs(corpus.valid, tokenizer, config.max_len)
-    valid_batches = epoch_batches(valid_pairs, recipe.max_tokens, seed)(0)
-    bleu_set = list(corpus.valid[:bleu_sentences])
-    translator = Translator(model, tokenizer, direction)
+    valid_batches = list(epoch_batches(data.valid, recipe.max_tokens, seed)(0))
+    bleu_set = data.bleu_set
+    translator = Translator(
+        model, tokenizer, data.direction, src_lang=data.src_lang, tgt_lang=data.tgt_lang
+    )
 
     def evaluate(_: nn.Module) -> dict[str, float]:
         loss = _valid_loss(model, valid_batches, translator.device)
@@ -188,14 +428,17 @@ def _train(
         model,
         recipe.train,
         run_dir,
-        batches=epoch_batches(train_pairs, recipe.max_tokens, seed),
+        batches=epoch_batches(data.train, recipe.max_tokens, seed),
         loss_fn=lambda m, b: seq2seq_loss(m, b, label_smoothing=recipe.label_smoothing),
         evaluate=evaluate,
         meta={
             "family": FAMILY,
             "model_config": config.to_dict(),
             "preset": recipe.to_dict(),
-            "direction": direction,
+            "direction": data.direction,
+            "src_lang": data.src_lang,
+            "tgt_lang": data.tgt_lang,
+            "data": data.record,
         },
         device=device,
         progress=progress,

@@ -1,4 +1,5 @@
-"""``qkv translate``: train a German–English translator, score it, translate with it.
+"""``qkv translate``: train a translator on your own parallel corpus (or the German–English
+dictionary), score it, translate with it.
 
 qkv translate train --preset small --run-dir runs/de-en
 qkv translate eval runs/de-en --beam 4
@@ -64,7 +65,7 @@ def add_parser(subparsers: Any) -> None:
     add_group_parser(
         subparsers,
         "translate",
-        help="train, evaluate and use a German-English translator",
+        help="train, evaluate and use a translator (your corpus or German-English)",
         usage=USAGE,
         commands="train | eval | CHECKPOINT",
         run=run,

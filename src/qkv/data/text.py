@@ -42,6 +42,7 @@ __all__ = [
     "DATASETS",
     "LabelledText",
     "MLMText",
+    "Text",
     "load_bbc",
     "load_labelled",
     "load_mlm_text",
@@ -52,6 +53,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: One input of a sequence classifier: a text, or a sentence pair (segments 0 and 1).
+Text = str | tuple[str, str]
 
 # Percent of hash buckets per split; the rest (10%) is test.
 _TRAIN_PERCENT, _VALID_PERCENT = 80, 10
@@ -112,13 +116,16 @@ def _dedupe(texts: Sequence[str], labels: Sequence[int], name: str) -> tuple[lis
 
 @dataclass(frozen=True)
 class LabelledText:
-    """Texts with class labels (indices into ``label_names``), split by :func:`split_of`."""
+    """Texts with class labels (indices into ``label_names``), split by :func:`split_of`.
+
+    A text is a string, or a ``(text, pair)`` tuple for sentence pairs (the user's files
+    with a pair column, :mod:`qkv.data.labelled`)."""
 
     name: str
     label_names: tuple[str, ...]
-    train: tuple[tuple[str, int], ...]
-    valid: tuple[tuple[str, int], ...]
-    test: tuple[tuple[str, int], ...]
+    train: tuple[tuple[Text, int], ...]
+    valid: tuple[tuple[Text, int], ...]
+    test: tuple[tuple[Text, int], ...]
 
     @classmethod
     def split(

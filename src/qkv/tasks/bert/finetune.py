@@ -6,7 +6,9 @@ The body comes from a checkpoint (:func:`qkv.convert.bert.from_pretrained` with
 ``"classification"``: the pooler and classifier start fresh when the checkpoint has none),
 or a :class:`~qkv.models.bert.BertConfig` preset starts from random weights, the baseline
 that shows what pretraining is worth. The data are BBC News (5 topics) or the 3-class
-tweet sentiment set (:mod:`qkv.data.text`), with a split fixed by the text itself.
+tweet sentiment set (:mod:`qkv.data.text`), with a split fixed by the text itself, or the
+user's own CSV, TSV or JSON Lines files (:mod:`qkv.data.labelled`), single texts or
+sentence pairs.
 
 Notation: b batch size, C labels.
 """
@@ -27,12 +29,19 @@ import torch
 from torch import Tensor, nn
 
 from qkv.convert.bert import from_pretrained, save_pretrained
-from qkv.data.text import load_labelled
+from qkv.data.labelled import LabelledFiles
+from qkv.data.text import LabelledText, Text, load_labelled
 from qkv.data.wordpiece import WordPieceTokenizer
 from qkv.fileio import write_json_atomic
 from qkv.losses import summed
-from qkv.models.bert import BertConfig, BertForSequenceClassification
-from qkv.tasks.bert.classify import Classifier
+from qkv.models.bert import BertConfig, BertForSequenceClassification, init_bert_weights
+from qkv.tasks.bert.classify import (
+    HEAD_WEIGHT,
+    TASK_FILE,
+    Classifier,
+    encode_texts,
+    weight_names,
+)
 from qkv.tasks.bert.common import MODEL_DIR, checkpoint_dir, epoch_order
 from qkv.train import TrainConfig, Trainer
 from qkv.train.optim import parameter_groups
@@ -43,7 +52,7 @@ __all__ = ["FinetuneRecipe", "FinetuneReport", "finetune", "subsample"]
 
 logger = logging.getLogger(__name__)
 
-Example = tuple[str, int]  # (text, label index)
+Example = tuple[Text, int]  # (text or (text, pair), label index)
 
 
 _FINETUNE_TRAIN = TrainConfig(
@@ -141,7 +150,7 @@ def _train_classifier(
             chunk = [train[j] for j in order[i : i + size]]
             # Padded to the longest text of the batch, not to max_length: short texts
             # (tweets) cost what they hold.
-            enc = tok.encode([t for t, _ in chunk], max_length=recipe.max_length)  # (b, L)
+            enc = encode_texts(tok, [t for t, _ in chunk], recipe.max_length)  # (b, L)
             yield enc.as_dict() | {"labels": torch.tensor([y for _, y in chunk])}  # labels (b,)
 
     model = classifier.model
@@ -168,8 +177,21 @@ def _new_classifier(
     preset: str | None,
     overrides: dict[str, Any],
 ) -> BertForSequenceClassification:
-    """The pretrained body with a fresh head, or a whole model from random weights."""
+    """The pretrained body with a fresh head, or a whole model from random weights.
+
+    A checkpoint that is already a classifier keeps its trained head when its label names
+    are ``labels``; with other labels (another task) its body is kept and the head starts
+    afresh, sized for ``labels``."""
     if checkpoint is not None:
+        own = _trained_labels(checkpoint)
+        if own is not None and own != labels:
+            logger.info("%s: a classifier of %s; a new head for %s", checkpoint, own, labels)
+            model = from_pretrained(checkpoint, "classification", **overrides)
+            assert isinstance(model, BertForSequenceClassification)
+            head = nn.Linear(model.config.d_model, len(labels))
+            init_bert_weights(head, model.config.init_std)
+            model.classifier, model.num_labels, model.label_names = head, len(labels), tuple(labels)
+            return model
         model = from_pretrained(
             checkpoint, "classification", num_labels=len(labels), label_names=labels, **overrides
         )
@@ -180,6 +202,20 @@ def _new_classifier(
         model = BertForSequenceClassification(config, len(labels), label_names=labels)
     assert isinstance(model, BertForSequenceClassification)
     return model
+
+
+def _trained_labels(checkpoint: Path) -> list[str] | None:
+    """The label names of a checkpoint with a trained sequence-classification head
+    (``LABEL_i`` where its ``config.json`` names none), else ``None``."""
+    from qkv.convert.common import read_config
+
+    if HEAD_WEIGHT not in weight_names(checkpoint):
+        return None
+    id2label = read_config(checkpoint).get("id2label") or {}
+    shape = len(id2label) or None
+    if shape is None:
+        return None  # a head without label names: its size is unknown here, let the loader say
+    return [str(id2label[str(i)]) if str(i) in id2label else f"LABEL_{i}" for i in range(shape)]
 
 
 def finetune(
@@ -193,11 +229,13 @@ def finetune(
     data_path: str | Path | None = None,
     seeds: Sequence[int] = (0,),
     limits: tuple[int | None, int | None, int | None] = (None, None, None),
+    data_files: LabelledFiles | None = None,
     device: str | None = None,
     progress: bool | None = None,
     overwrite: bool = False,
 ) -> FinetuneReport:
-    """Fine-tune a sequence classifier on ``dataset`` (``bbc`` or ``tweets``), once per seed.
+    """Fine-tune a sequence classifier on ``dataset`` (``bbc`` or ``tweets``), or on the
+    user's ``data_files``, once per seed.
 
     Args:
         recipe: :class:`FinetuneRecipe` (default: its defaults).
@@ -210,34 +248,43 @@ def finetune(
             split is fixed (:func:`qkv.data.text.split_of`).
         limits: at most that many (train, valid, test) examples, ``None`` for all: a
             sample drawn with a fixed seed (:func:`subsample`), the same for every seed.
+        data_files: CSV/TSV/JSON Lines files and their columns
+            (:class:`~qkv.data.labelled.LabelledFiles`), instead of ``dataset``; every
+            file is read and checked before anything is written.
+        device: where to train; the test set is scored there too.
         overwrite: replace a run already in ``run_dir`` (else such a folder is refused:
             :mod:`qkv.train.rundir`; fine-tuning does not resume).
 
     Each seed writes ``run_dir/seed-N/`` (the engine's checkpoints and metrics) and
-    ``run_dir/seed-N/model/`` (the classifier, Hugging Face format, with its tokenizer
-    and label names); the report also goes to ``run_dir/results.json``. The options, the
+    ``run_dir/seed-N/model/`` (the classifier, Hugging Face format, with its tokenizer,
+    its label names as ``id2label`` of ``config.json``, and the columns it reads in
+    ``qkv_classifier.json``); the report also goes to ``run_dir/results.json``. The options, the
     data and the vocabulary are settled before ``run_dir`` is touched.
     """
     recipe = recipe or FinetuneRecipe()
     if (checkpoint is None) == (preset is None):
         raise ValueError("give either a checkpoint or a preset to train from scratch")
-    data = load_labelled(dataset, data_path)
+    data = data_files.load() if data_files is not None else load_labelled(dataset, data_path)
     parts = (data.train, data.valid, data.test)
     train, valid, test = (subsample(p, n) for p, n in zip(parts, limits, strict=True))
     logger.info("%s: using train %d, valid %d, test %d", data, len(train), len(valid), len(test))
+    _check_splits(data, data_files, valid, test)
     source = checkpoint_dir(checkpoint) if checkpoint is not None else None
     if source is not None:
         tok = WordPieceTokenizer.from_pretrained(source)
     elif tokenizer is not None:
         tok = WordPieceTokenizer.from_pretrained(checkpoint_dir(tokenizer))
     else:
-        tok = WordPieceTokenizer.train([t for t, _ in train], vocab_size=8192)
+        tok = WordPieceTokenizer.train(
+            [part for t, _ in train for part in (t if isinstance(t, tuple) else (t,))],
+            vocab_size=8192,
+        )
     # The engine's settings are checked now, not after the run directory is opened.
     recipe.train_config(math.ceil(len(train) / recipe.batch_size), seeds[0] if seeds else 0)
     if preset is not None and not hasattr(BertConfig, preset):
         raise ValueError(f"unknown BERT preset {preset!r}")
     report = FinetuneReport(
-        dataset,
+        data.name,
         str(checkpoint) if checkpoint is not None else f"{preset} from scratch",
         {"train": len(train), "valid": len(valid), "test": len(test)},
     )
@@ -245,14 +292,51 @@ def finetune(
         "task": "bert-finetune",
         **recipe.to_dict(),
         "source": {"checkpoint": _str(checkpoint), "preset": preset, "tokenizer": _str(tokenizer)},
-        "data": {"dataset": dataset, "path": _str(data_path), "limits": list(limits)},
+        "data": (
+            {"files": data_files.to_dict(), "limits": list(limits)}
+            if data_files is not None
+            else {"dataset": dataset, "path": _str(data_path), "limits": list(limits)}
+        ),
         "seeds": list(seeds),
+    }
+    task = {
+        "task": "sequence-classification",
+        "text_column": data_files.text_column if data_files is not None else "text",
+        "text_pair_column": data_files.text_pair_column if data_files is not None else None,
+        "label_column": data_files.label_column if data_files is not None else "label",
+        "label_names": list(data.label_names),
     }
     with open_run_dir(run_dir, resume=False, overwrite=overwrite, identity=identity):
         return _finetune_seeds(
             Path(run_dir), report, recipe, tok, list(data.label_names), (train, valid, test),
             source=source, preset=preset, seeds=seeds, device=device, progress=progress,
+            task=task,
         )  # fmt: skip
+
+
+def _check_splits(
+    data: LabelledText,
+    files: LabelledFiles | None,
+    valid: Sequence[Example],
+    test: Sequence[Example],
+) -> None:
+    """Refuse an empty valid or test split (an accuracy of nothing is undefined), and a
+    train file with a single class, saying which file or option would fix it."""
+    if len(data.label_names) < 2:
+        where = files.train if files is not None else data.name
+        raise ValueError(
+            f"{where}: every example has the label {data.label_names[0]!r}; a classifier "
+            "needs at least two classes"
+        )
+    for name, part in (("valid", valid), ("test", test)):
+        if part:
+            continue
+        if files is not None and getattr(files, name) is None:
+            raise ValueError(
+                f"{files.train}: the hash split left no {name} examples ({len(data.train)} "
+                f"for training); give --{name} FILE, or more examples"
+            )
+        raise ValueError(f"{data.name}: the {name} split is empty")
 
 
 def _str(path: str | Path | None) -> str | None:
@@ -272,9 +356,11 @@ def _finetune_seeds(
     seeds: Sequence[int],
     device: str | None,
     progress: bool | None,
+    task: dict[str, Any],
 ) -> FinetuneReport:
     """One fine-tuning per seed into ``run_dir/seed-N``, filling ``report`` (the run
-    directory is open)."""
+    directory is open). The test set is scored where the model trained (the engine
+    leaves it on its device)."""
     train, valid, test = splits
     for seed in seeds:
         torch.manual_seed(seed)  # the new head's initialisation (and the whole model's)
@@ -290,6 +376,7 @@ def _finetune_seeds(
         report.model_dirs[seed] = seed_dir / MODEL_DIR
         save_pretrained(model, seed_dir / MODEL_DIR)
         tok.save(seed_dir / MODEL_DIR, model_max_length=recipe.max_length)
+        write_json_atomic(seed_dir / MODEL_DIR / TASK_FILE, task)
         logger.info("seed %d: test accuracy %.4f", seed, report.test_accuracy[seed])
     results = asdict(report) | {"recipe": recipe.to_dict(), "mean": report.mean, "std": report.std}
     results["model_dirs"] = {seed: str(path) for seed, path in report.model_dirs.items()}

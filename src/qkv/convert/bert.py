@@ -15,7 +15,8 @@ Two kinds of checkpoint key are accepted without a qkv parameter:
 - buffers and tied copies (:data:`DERIVED_KEYS`): ``embeddings.position_ids``, and
   the MLM decoder, which must equal the word embeddings it is tied to;
 - weights of a head that is not being loaded (:data:`OTHER_HEADS`, for example the
-  MLM head when loading a classifier): dropped, and logged.
+  MLM head when loading a classifier), and the pooler of a checkpoint loaded into a
+  model without one (the token classifier, the MLM head): dropped, and logged.
 
 Parts of the model the checkpoint has none of — the task head and the pooler of a
 checkpoint that was saved without them — start from BERT's initialisation and
@@ -302,14 +303,16 @@ def _map_state(
                 and not torch.equal(tensor, normalised[tied_to])
             ):
                 problems.append(f"{name} differs from {tied_to}; qkv ties the MLM decoder to it")
-        elif name.startswith(OTHER_HEADS) and name not in own_head:
+        elif (name.startswith(OTHER_HEADS) and name not in own_head) or name in _POOLER:
+            # A pooler reaches here only when the model has none (the token classifier
+            # and the MLM head read every position, not [CLS]): unused, as in Hugging Face.
             dropped.append(name)
         else:
             unknown.append(name)
     if unknown:
         problems.append(f"unknown keys {sorted(unknown)}")
     if dropped:
-        log.info("dropped checkpoint weights of a head not being loaded: %s", sorted(dropped))
+        log.info("dropped checkpoint weights the model does not use: %s", sorted(dropped))
     return state, problems
 
 

@@ -30,7 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from qkv.cli._options import HelpFormatter, positive_int
+from qkv.cli._options import (
+    HelpFormatter,
+    add_inference_options,
+    inference_device,
+    positive_int,
+)
 
 USAGE = __doc__
 IMAGE_SETS = ("fashion-mnist", "digits")
@@ -43,6 +48,8 @@ class Loaded:
     family: str  # "translator" | "bert" | "vit"
     model: Any  # a Translator (model and tokenizer), a BertModel or a ViT
     extra: dict[str, Any] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
 
 
 def add_parser(subparsers: Any) -> None:
@@ -76,33 +83,47 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--out", help="picture to write: .png or .svg (default attention.png)")
     parser.add_argument("--html", help="self-contained page to write (.html)")
+    add_inference_options(parser)
     parser.set_defaults(run=run)
 
 
 # --- loading: what is PATH? --------------------------------------------------------------------
 
 
-def load(path: str | Path) -> Loaded:
-    """Recognise (:func:`qkv.families.identify`) and load the model at ``path``."""
+def load(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Loaded:
+    """Recognise (:func:`qkv.families.identify`) and load the model at ``path``, on
+    ``device`` in ``dtype``."""
     from qkv.families import identify
 
+    device = torch.device(device)
     found = identify(path)
     if found.family == "translator":
         from qkv.tasks.translation import load_translator
 
-        return Loaded("translator", load_translator(found.path))
+        translator = load_translator(found.path, device=device)
+        translator.model.to(dtype=dtype)
+        return Loaded("translator", translator, device=device, dtype=dtype)
     if found.family == "bert":
-        return _load_bert(found.path)
+        loaded = _load_bert(found.path)
+        loaded.model.to(device=device, dtype=dtype)
+        loaded.device, loaded.dtype = device, dtype
+        return loaded
     from qkv.tasks.vit import load_classifier
 
-    classifier = load_classifier(found.path)
+    classifier = load_classifier(found.path, device=device)
+    classifier.model.to(dtype=dtype)
     extra = {
         "mean": classifier.mean.tolist(),
         "std": classifier.std.tolist(),
         "max_value": classifier.max_value,
         "classes": classifier.classes,
     }
-    return Loaded("vit", classifier.model, extra)
+    return Loaded("vit", classifier.model, extra, device, dtype)
 
 
 def _load_bert(path: Path) -> Loaded:
@@ -204,7 +225,7 @@ def _capture(loaded: Loaded, args: argparse.Namespace) -> tuple[dict[str, Any], 
         print("tokens  " + " ".join(maps["encoder"].keys))
         return maps, args.input, None
     image, set_classes = read_image(args.input, loaded)
-    pixels = _normalise(image, loaded)[None]  # (1, c, H, W)
+    pixels = _normalise(image, loaded)[None].to(loaded.device, loaded.dtype)  # (1, c, H, W)
     # Without --layer every layer is captured, and the rollout multiplies through them.
     maps = capture_vit(loaded.model, pixels, layers=layers)[0]
     with torch.no_grad():
@@ -270,7 +291,8 @@ def run(args: argparse.Namespace) -> int:
         save_figure,
     )
 
-    loaded = load(args.path)
+    device, dtype = inference_device(args)
+    loaded = load(args.path, device=device, dtype=dtype)
     if loaded.family != "translator" and args.kind != "all":
         raise ValueError(f"--kind {args.kind}: only for a translator, this is a {loaded.family}")
     num_layers, num_heads = _sizes(loaded, args.kind)

@@ -7,8 +7,9 @@ The four steps of transfer learning (docs/concepts.md#transfer-learning):
 2. load the pretrained body and 3. add a task head, then 4. fine-tune the whole model on
    labelled text (:mod:`qkv.tasks.bert.finetune`);
 
-and what the results are used for: classifying text (:mod:`qkv.tasks.bert.classify`) and
-sentence embeddings (:mod:`qkv.tasks.bert.embed`). What they share (checkpoint folders,
+and what the results are used for: classifying text (:mod:`qkv.tasks.bert.classify`),
+tagging words (:mod:`qkv.tasks.bert.tokens`, fine-tuned on CoNLL files) and sentence
+embeddings (:mod:`qkv.tasks.bert.embed`). What they share (checkpoint folders,
 AdamW groups, epoch order) is in :mod:`qkv.tasks.bert.common`.
 """
 
@@ -23,6 +24,7 @@ from qkv.tasks.bert.pretrain import (
     mlm_loss,
     pretrain,
 )
+from qkv.tasks.bert.tokens import Tagger, TokensReport, finetune_tokens
 
 __all__ = [
     "MODEL_DIR",
@@ -33,9 +35,12 @@ __all__ = [
     "PretrainRecipe",
     "PretrainReport",
     "SentenceEncoder",
+    "Tagger",
+    "TokensReport",
     "cosine_similarities",
     "evaluate_mlm",
     "finetune",
+    "finetune_tokens",
     "mean_pool",
     "minilm_path",
     "mlm_loss",

@@ -455,7 +455,7 @@ def test_inputs_are_checked_with_the_values_in_the_message():
     with pytest.raises(
         ValueError, match=rf"contain {VOCAB}, outside the vocabulary \[0, {VOCAB}\)"
     ):
-        model(ids.index_fill(1, torch.tensor([3]), VOCAB))
+        model(ids.index_fill(1, torch.tensor([3]), VOCAB), validate=True)
     with pytest.raises(
         ValueError, match=r"token_type_ids must have the shape .*\(2, 8\), got \(2, 7\)"
     ):
@@ -463,13 +463,18 @@ def test_inputs_are_checked_with_the_values_in_the_message():
     with pytest.raises(
         ValueError, match=r"token_type_ids contain 2, outside the vocabulary \[0, 2\)"
     ):
-        model(ids, token_type_ids=torch.full((2, 8), 2))
+        model(ids, token_type_ids=torch.full((2, 8), 2), validate=True)
     with pytest.raises(
         ValueError, match=r"sequence length 17 exceeds max_position_embeddings \(16\)"
     ):
         model(torch.ones(1, 17, dtype=torch.long))
     with pytest.raises(ValueError, match=r"0/1 \(1 = real token\), got values \[-inf, 0.0\]"):
-        model(ids, attention_mask=torch.zeros(2, 8).index_fill(1, torch.tensor([0]), -math.inf))
+        model(
+            ids,
+            # A float mask is checked without validate=True: an additive mask would be
+            # read the wrong way round.
+            attention_mask=torch.zeros(2, 8).index_fill(1, torch.tensor([0]), -math.inf),
+        )
     with pytest.raises(ValueError, match=r"attention_mask must have the shape"):
         model(ids, attention_mask=torch.ones(2, 9, dtype=torch.bool))
 

@@ -136,9 +136,9 @@ def test_configuration_and_length_errors(call, message):
 def test_token_id_and_shape_errors():
     model = Transformer(TransformerConfig.tiny(30, 20, max_len=16))
     with pytest.raises(ValueError, match=r"contain 30, outside the vocabulary \[0, 30\)"):
-        model(torch.tensor([[1, 30]]), torch.tensor([[1, 2]]))
+        model(torch.tensor([[1, 30]]), torch.tensor([[1, 2]]), validate=True)
     with pytest.raises(ValueError, match=r"contain -1, outside the vocabulary \[0, 20\)"):
-        model(torch.tensor([[1, 3]]), torch.tensor([[1, -1]]))
+        model(torch.tensor([[1, 3]]), torch.tensor([[1, -1]]), validate=True)
     with pytest.raises(ValueError, match="must be an integer tensor"):
         model(torch.tensor([[1.0, 3.0]]), torch.tensor([[1, 2]]))
     with pytest.raises(ValueError, match=r"same batch, got \(2, 3\) and \(1, 2\)"):

@@ -303,11 +303,14 @@ class MultiHeadAttention(nn.Module):
 
     def _project_qkv(self, query: Tensor, memory: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         tokens = query.shape[0] * query.shape[1]
-        if memory is None and tokens >= self.d_model:
-            # Self-attention on many tokens: one matmul against the stacked weights
-            # is faster than three (fewer, larger operations). On a few tokens
-            # (decoding one step at a time) copying the weights would cost as much as
-            # the matmuls themselves, so those take the three projections below.
+        # Self-attention on many tokens: one matmul against the stacked weights is
+        # faster than three (fewer, larger operations). On a few tokens (decoding one
+        # step at a time) copying the weights would cost as much as the matmuls
+        # themselves, so those take the three projections below. While compiling or
+        # exporting the choice is left out: on a dynamic shape it would become a
+        # guard, and the program would fail on batches on the other side of it; the
+        # compiler can fuse the three projections itself.
+        if memory is None and not torch.compiler.is_compiling() and tokens >= self.d_model:
             weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
             bias = None
             if self.q_proj.bias is not None:

@@ -7,17 +7,25 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TokenEmbedding", "check_token_ids"]
+__all__ = ["TokenEmbedding", "check_token_dtype", "check_token_ids"]
+
+
+def check_token_dtype(ids: Tensor, name: str = "token ids") -> None:
+    """Raise ``ValueError`` unless ``ids`` is an integer tensor. Reads only the dtype,
+    so it costs nothing and never waits for the device: forward passes always run it."""
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
+        raise ValueError(f"{name} must be an integer tensor, got {ids.dtype}")
 
 
 def check_token_ids(ids: Tensor, vocab_size: int, name: str = "token ids") -> None:
     """Raise ``ValueError`` unless ``ids`` is an integer tensor with values in ``[0, vocab_size)``.
 
     ``nn.Embedding`` fails on an out-of-range id with an opaque index error (or a
-    device-side assert on CUDA); this says which id and which vocabulary.
+    device-side assert on CUDA); this says which id and which vocabulary. Reading the
+    values waits for the device and breaks a ``torch.compile`` graph, so models run it
+    only when asked (``validate=True``).
     """
-    if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
-        raise ValueError(f"{name} must be an integer tensor, got {ids.dtype}")
+    check_token_dtype(ids, name)
     if ids.numel() == 0:
         return
     low, high = int(ids.min()), int(ids.max())
@@ -51,7 +59,12 @@ class TokenEmbedding(nn.Module):
     def weight(self) -> nn.Parameter:
         return self.embedding.weight
 
-    def forward(self, ids: Tensor) -> Tensor:
-        check_token_ids(ids, self.vocab_size)
+    def forward(self, ids: Tensor, *, validate: bool = False) -> Tensor:
+        """``validate``: also check that every id is in the vocabulary
+        (:func:`check_token_ids`); otherwise only the dtype is checked."""
+        if validate:
+            check_token_ids(ids, self.vocab_size)
+        else:
+            check_token_dtype(ids)
         x = self.embedding(ids)  # (b, L, d)
         return x * self.multiplier if self.multiplier != 1.0 else x

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.attention import KVCache, MultiHeadAttention
+from qkv.outputs import export_output
 
 __all__ = [
     "AddNorm",
@@ -283,6 +284,7 @@ def _final_norm(layer: EncoderLayer | DecoderLayer, final_norm: bool | None) -> 
     return nn.LayerNorm(layer.d_model, eps=eps) if use else nn.Identity()
 
 
+@export_output
 @dataclass
 class EncoderOutput:
     """``last_hidden_state`` ``(b, k, d)``; ``attentions[i]`` ``(b, h, k, k)`` for the
@@ -292,6 +294,7 @@ class EncoderOutput:
     attentions: tuple[Tensor | None, ...] | None = None
 
 
+@export_output
 @dataclass
 class DecoderOutput:
     """``last_hidden_state`` ``(b, q, d)``; per-layer self-attention ``(b, h, q, q)``

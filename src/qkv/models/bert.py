@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.config import ConfigDict
-from qkv.embedding import TokenEmbedding, check_token_ids
+from qkv.embedding import TokenEmbedding, check_token_dtype, check_token_ids
 from qkv.layers import Encoder, EncoderLayer
 from qkv.losses import IGNORE_INDEX, cross_entropy
-from qkv.outputs import ModelOutput
+from qkv.outputs import ModelOutput, export_output
 from qkv.positional import LearnedPositionalEmbedding
 
 __all__ = [
@@ -170,8 +170,11 @@ class BertEmbeddings(nn.Module):
         self.norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps)
         self.dropout = nn.Dropout(c.dropout)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
-        x = self.token(input_ids)  # (b, L, d)
+    def forward(
+        self, input_ids: Tensor, token_type_ids: Tensor | None = None, *, validate: bool = False
+    ) -> Tensor:
+        """``validate``: check that every id is in its vocabulary (reads the values)."""
+        x = self.token(input_ids, validate=validate)  # (b, L, d)
         if token_type_ids is None:
             x = x + self.segment.weight[0]  # every token in segment A; saves a gather
         else:
@@ -180,12 +183,16 @@ class BertEmbeddings(nn.Module):
                     f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
                     f"got {tuple(token_type_ids.shape)}"
                 )
-            check_token_ids(token_type_ids, self.segment.num_embeddings, "token_type_ids")
+            if validate:
+                check_token_ids(token_type_ids, self.segment.num_embeddings, "token_type_ids")
+            else:
+                check_token_dtype(token_type_ids, "token_type_ids")
             x = x + self.segment(token_type_ids)  # (b, L, d)
         # Added in the order Hugging Face adds them, so float rounding agrees too.
         return self.dropout(self.norm(self.position(x)))  # (b, L, d)
 
 
+@export_output
 @dataclass
 class BertOutput:
     """What :class:`BertModel` returns.
@@ -199,6 +206,7 @@ class BertOutput:
     attentions: tuple[Tensor | None, ...] | None = None
 
 
+@export_output
 @dataclass(kw_only=True)
 class BertHeadOutput(ModelOutput):
     """What a head returns (:class:`~qkv.outputs.ModelOutput`): ``logits``, ``loss``
@@ -208,29 +216,36 @@ class BertHeadOutput(ModelOutput):
     bert: BertOutput
 
 
-def _padding_mask(attention_mask: Tensor | None, input_ids: Tensor, pad_id: int) -> Tensor | None:
-    """The ``(b, L)`` boolean key padding mask, or ``None`` when nothing is padded."""
+def _padding_mask(
+    attention_mask: Tensor | None, input_ids: Tensor, pad_id: int, *, validate: bool = False
+) -> Tensor:
+    """The ``(b, L)`` boolean key padding mask.
+
+    Always a mask, even when nothing is padded: finding that out reads the values, which
+    waits for the device and breaks ``torch.compile`` graphs. A floating-point mask is
+    always checked to be 0/1 (reading its values): an additive mask (0 / -inf) means the
+    opposite and would otherwise be read silently the wrong way round. Boolean and
+    integer masks, what tokenizers return, are checked only with ``validate``.
+    """
     if attention_mask is None:
-        mask = input_ids != pad_id
-    else:
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(
-                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
-                f"got {tuple(attention_mask.shape)}"
-            )
-        # Tokenizers return 0/1 integers (True/1 = real token); anything else is
-        # probably an additive mask (0 / -inf) of the opposite meaning.
-        if (
-            attention_mask.dtype != torch.bool
-            and not ((attention_mask == 0) | (attention_mask == 1)).all()
-        ):
-            raise ValueError(
-                "attention_mask must be boolean or 0/1 (1 = real token), got values "
-                f"{attention_mask.unique()[:8].tolist()}"
-            )
-        mask = attention_mask.bool()
-    # With no padding the fused kernel runs without a mask, its fastest path.
-    return None if bool(mask.all()) else mask
+        return input_ids != pad_id
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    # Tokenizers return 0/1 integers (True/1 = real token); anything else is
+    # probably an additive mask (0 / -inf) of the opposite meaning.
+    if (
+        (validate or attention_mask.is_floating_point())
+        and attention_mask.dtype != torch.bool
+        and not ((attention_mask == 0) | (attention_mask == 1)).all()
+    ):
+        raise ValueError(
+            "attention_mask must be boolean or 0/1 (1 = real token), got values "
+            f"{attention_mask.unique()[:8].tolist()}"
+        )
+    return attention_mask.bool()
 
 
 class BertModel(nn.Module):
@@ -278,6 +293,7 @@ class BertModel(nn.Module):
         token_type_ids: Tensor | None = None,
         *,
         need_weights: bool | Sequence[int] = False,
+        validate: bool = False,
     ) -> BertOutput:
         """Encode a batch.
 
@@ -287,6 +303,10 @@ class BertModel(nn.Module):
             token_type_ids: segment of each token (0 = sentence A, 1 = B); default 0.
             need_weights: attention weights of every layer (``True``) or of the
                 listed layer indices.
+            validate: check the values of the inputs: ids inside their vocabularies,
+                ``attention_mask`` boolean or 0/1. Reading values waits for the device
+                and breaks ``torch.compile`` graphs, so it is off by default; shapes and
+                dtypes are always checked.
 
         Shape:
             input_ids, attention_mask, token_type_ids ``(b, L)``, ``L`` at most
@@ -300,8 +320,8 @@ class BertModel(nn.Module):
                 f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
                 f"({self.config.max_position_embeddings}); truncate the input"
             )
-        mask = _padding_mask(attention_mask, input_ids, self.config.pad_id)  # (b, L) or None
-        x = self.embeddings(input_ids, token_type_ids)  # (b, L, d)
+        mask = _padding_mask(attention_mask, input_ids, self.config.pad_id, validate=validate)
+        x = self.embeddings(input_ids, token_type_ids, validate=validate)  # (b, L, d)
         encoded = self.encoder(x, key_padding_mask=mask, need_weights=need_weights)
         hidden = encoded.last_hidden_state  # (b, L, d)
         # The pooler reads [CLS], the first token; section 3 of the paper uses its
@@ -358,6 +378,7 @@ class BertForMaskedLM(nn.Module):
         masked_positions: Tensor | None = None,
         label_smoothing: float = 0.0,
         need_weights: bool | Sequence[int] = False,
+        validate: bool = False,
     ) -> BertHeadOutput:
         """Vocabulary logits, at every position or at the masked ones only.
 
@@ -365,14 +386,23 @@ class BertForMaskedLM(nn.Module):
             labels: the original token at each masked position, ``-100`` elsewhere;
                 ``(b, L)``, or ``(n,)`` already selected by ``masked_positions``.
             masked_positions: boolean ``(b, L)``, ``True`` = predict this position.
-                ``None`` projects every position (Hugging Face's behaviour).
+                ``None`` projects every position (Hugging Face's behaviour). Selecting
+                them gives a shape that depends on the values (``n``), so a compiled
+                or exported model should leave it out.
+            validate: check the values of the inputs (:meth:`BertModel.forward`).
 
         Shape:
             logits ``(b, L, V)``; with ``masked_positions``, ``(n, V)`` in row-major
             order of the ``True`` entries. loss: mean cross-entropy over labels
             that are not ``-100`` (:mod:`qkv.losses`).
         """
-        out = self.bert(input_ids, attention_mask, token_type_ids, need_weights=need_weights)
+        out = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            need_weights=need_weights,
+            validate=validate,
+        )
         hidden = out.last_hidden_state  # (b, L, d)
         if masked_positions is not None:
             if masked_positions.dtype != torch.bool or masked_positions.shape != input_ids.shape:
@@ -453,10 +483,18 @@ class _BertClassifier(nn.Module):
         labels: Tensor | None = None,
         label_smoothing: float = 0.0,
         need_weights: bool | Sequence[int] = False,
+        validate: bool = False,
     ) -> BertHeadOutput:
         """Logits of every class; with ``labels``, the mean cross-entropy (labels
-        ``-100`` carry no loss). Shapes: see the subclass."""
-        out = self.bert(input_ids, attention_mask, token_type_ids, need_weights=need_weights)
+        ``-100`` carry no loss); ``validate``: see :meth:`BertModel.forward`. Shapes:
+        see the subclass."""
+        out = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            need_weights=need_weights,
+            validate=validate,
+        )
         logits = self.classify(self.head_input(out))  # (b, C) or (b, L, C)
         return _head_output(logits, labels, label_smoothing, out)
 

@@ -30,7 +30,7 @@ from qkv.layers import (
 )
 from qkv.losses import IGNORE_INDEX, cross_entropy
 from qkv.masks import padding_mask_from_ids
-from qkv.outputs import ModelOutput
+from qkv.outputs import ModelOutput, export_output
 from qkv.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 
 __all__ = ["Seq2SeqOutput", "Transformer", "TransformerConfig"]
@@ -97,6 +97,7 @@ class TransformerConfig(ConfigDict):
         return cls(src_vocab_size, tgt_vocab_size, **{**sizes, **overrides})
 
 
+@export_output
 @dataclass(kw_only=True)
 class Seq2SeqOutput(ModelOutput):
     """``logits`` ``(b, q, V)``; ``loss`` and ``num_targets`` when labels were given
@@ -184,12 +185,15 @@ class Transformer(nn.Module):
         *,
         src_key_padding_mask: Tensor | None = None,
         need_weights: bool | Sequence[int] = False,
+        validate: bool = False,
     ) -> EncoderOutput:
         """Shape: src_ids ``(b, k)``; mask ``(b, k)`` True = real token (default:
-        ``src_ids != pad_id``). Returns ``last_hidden_state`` ``(b, k, d)``."""
+        ``src_ids != pad_id``). Returns ``last_hidden_state`` ``(b, k, d)``.
+        ``validate``: check that every id is in the vocabulary (see :meth:`forward`)."""
         if src_key_padding_mask is None:
             src_key_padding_mask = padding_mask_from_ids(src_ids, self.config.pad_id)
-        x = self.dropout(self.src_positional(self.src_embed(src_ids)))  # (b, k, d)
+        x = self.src_embed(src_ids, validate=validate)  # (b, k, d)
+        x = self.dropout(self.src_positional(x))
         return self.encoder(x, key_padding_mask=src_key_padding_mask, need_weights=need_weights)
 
     def init_cache(self) -> DecoderCache:
@@ -205,15 +209,18 @@ class Transformer(nn.Module):
         tgt_key_padding_mask: Tensor | None = None,
         cache: DecoderCache | None = None,
         need_weights: bool | Sequence[int] = False,
+        validate: bool = False,
     ) -> DecoderOutput:
         """Run the decoder on target ids (the new ones only, with a ``cache``).
 
         Shape: tgt_ids ``(b, q)``, memory ``(b, k, d)``, masks ``(b, k)`` and
         ``(b, q_total)``, True = real token. Returns ``last_hidden_state``
-        ``(b, q, d)``; :attr:`output_proj` turns it into logits.
+        ``(b, q, d)``; :attr:`output_proj` turns it into logits. ``validate``: check
+        that every id is in the vocabulary (see :meth:`forward`).
         """
         offset = 0 if cache is None else cache.offset
-        x = self.dropout(self.tgt_positional(self.tgt_embed(tgt_ids), offset))  # (b, q, d)
+        x = self.tgt_embed(tgt_ids, validate=validate)  # (b, q, d)
+        x = self.dropout(self.tgt_positional(x, offset))
         return self.decoder(
             x,
             memory,
@@ -233,6 +240,7 @@ class Transformer(nn.Module):
         labels: Tensor | None = None,
         label_smoothing: float = 0.0,
         need_weights: bool | Sequence[int] = False,
+        validate: bool = False,
     ) -> Seq2SeqOutput:
         """Teacher-forced pass. Padding masks default to ``ids != pad_id``.
 
@@ -240,6 +248,11 @@ class Transformer(nn.Module):
         left); positions holding ``pad_id`` or ``-100`` carry no loss. With labels,
         ``loss`` is the label-smoothed cross-entropy (section 5.4: ε = 0.1 hurts
         perplexity but helps BLEU), averaged over the real target tokens.
+
+        ``validate``: check that every id is in its vocabulary, with a message naming
+        the id. Reading the values waits for the device and breaks ``torch.compile``
+        graphs, so it is off by default (an out-of-range id then fails inside
+        ``nn.Embedding``); shapes and dtypes are always checked.
 
         Shape: src_ids ``(b, k)``, tgt_ids ``(b, q)``, labels ``(b, q)`` -> logits
         ``(b, q, V)``.
@@ -254,7 +267,10 @@ class Transformer(nn.Module):
         if tgt_key_padding_mask is None:
             tgt_key_padding_mask = padding_mask_from_ids(tgt_ids, self.config.pad_id)
         encoded = self.encode(
-            src_ids, src_key_padding_mask=src_key_padding_mask, need_weights=need_weights
+            src_ids,
+            src_key_padding_mask=src_key_padding_mask,
+            need_weights=need_weights,
+            validate=validate,
         )
         decoded = self.decode(
             tgt_ids,
@@ -262,6 +278,7 @@ class Transformer(nn.Module):
             memory_key_padding_mask=src_key_padding_mask,
             tgt_key_padding_mask=tgt_key_padding_mask,
             need_weights=need_weights,
+            validate=validate,
         )
         logits = self.output_proj(decoded.last_hidden_state)  # (b, q, V)
         output = Seq2SeqOutput(logits=logits, encoder=encoded, decoder=decoded)

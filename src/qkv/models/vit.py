@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from qkv.config import ConfigDict
 from qkv.layers import Encoder, EncoderLayer, EncoderOutput
 from qkv.losses import cross_entropy
-from qkv.outputs import ModelOutput
+from qkv.outputs import ModelOutput, export_output
 from qkv.positional import positional_encoding
 
 __all__ = [
@@ -285,6 +285,7 @@ def resample_position_embeddings(
     return torch.cat([prefix, grid], dim=1)  # (1, P + N', d)
 
 
+@export_output
 @dataclass(kw_only=True)
 class ViTOutput(ModelOutput):
     """``logits`` ``(b, K)``; ``loss`` and ``num_targets`` when labels were given

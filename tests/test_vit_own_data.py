@@ -245,6 +245,27 @@ def test_classify_json_one_object_per_image(run, folder, capsys):
     assert status == 1 and "--dtype fp16 needs a GPU" in err
 
 
+def test_attention_reads_an_image_as_classify_does(run, tmp_path):
+    """A wide picture is resized and centre-cropped for the attention maps too, not
+    squashed: the maps are of the input the classifier sees."""
+    from qkv.cli.attention import load, read_image
+    from qkv.tasks.vit import load_classifier
+
+    wide = tmp_path / "wide.png"
+    pixels = np.zeros((20, 60, 3), dtype=np.uint8)
+    pixels[:, :20], pixels[:, 20:40], pixels[:, 40:] = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+    Image.fromarray(pixels).save(wide)
+    classifier = load_classifier(run)
+    image, classes = read_image(str(wide), load(run))
+    assert classes is None
+    assert torch.equal(image, classifier.read_image(wide))
+    # The centre crop of red | green | blue is green only: one grey level (the run's model
+    # is grey), where the squashed picture had three bands.
+    # Resizing blends the outermost columns a little.
+    inner = image[..., 1:-1]
+    assert image.shape[0] == 1 and inner.max() == inner.min() > 0
+
+
 def test_threads_is_an_option_of_qkv_only(folder, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(train_argv(folder, tmp_path / "r", "--threads", "1"))

@@ -122,6 +122,9 @@ def load(
         "std": classifier.std.tolist(),
         "max_value": classifier.max_value,
         "classes": classifier.classes,
+        # An image file is read as the classifier reads it (converted, resized and
+        # cropped as in training), so the maps are of what `qkv vit classify` sees.
+        "read": classifier.read_image,
     }
     return Loaded("vit", classifier.model, extra, device, dtype)
 
@@ -151,6 +154,8 @@ def read_image(source: str, loaded: Loaded) -> tuple[Tensor, tuple[str, ...] | N
         images = load_fashion_mnist("test") if name == "fashion-mnist" else load_digits("test")
         # (c, H, W), already in the units the model was trained on
         return images.images[int(index)].float(), images.classes
+    if "read" in loaded.extra:
+        return loaded.extra["read"](source), None
     mode = "L" if config.in_channels == 1 else "RGB"
     with _open_image(source) as opened:
         picture = opened.convert(mode).resize((config.image_size, config.image_size))

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -156,29 +155,11 @@ def read_image(source: str, loaded: Loaded) -> tuple[Tensor, tuple[str, ...] | N
         return images.images[int(index)].float(), images.classes
     if "read" in loaded.extra:
         return loaded.extra["read"](source), None
-    mode = "L" if config.in_channels == 1 else "RGB"
-    with _open_image(source) as opened:
-        picture = opened.convert(mode).resize((config.image_size, config.image_size))
-        pixels = torch.tensor(np.asarray(picture, dtype=np.float32))  # (H, W) or (H, W, c)
-    pixels = pixels.reshape(config.image_size, config.image_size, -1).permute(2, 0, 1)  # (c, H, W)
-    return pixels * (loaded.extra["max_value"] / 255.0), None
+    from qkv.data.image_folder import read_image_file
 
-
-def _open_image(source: str) -> Any:
-    """``PIL.Image.open(source)``, refusing an image whose declared size is over Pillow's
-    limit (``PIL.Image.MAX_IMAGE_PIXELS``) with a message naming the file. Pillow itself
-    only warns up to twice the limit and then decodes it all, which can fill the memory;
-    above that its error does not say which file."""
-    import warnings
-
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(source)
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-        raise ValueError(f"{source}: image too large to open safely ({error})") from None
+    # A Hugging Face folder: both sides resized to the input, as its image processor does.
+    pixels = read_image_file(source, config.image_size, config.in_channels, crop=False)
+    return torch.from_numpy(pixels).float() * (loaded.extra["max_value"] / 255.0), None
 
 
 def _normalise(image: Tensor, loaded: Loaded) -> Tensor:

@@ -109,20 +109,18 @@ def _pretrain_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _finetune_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="qkv bert finetune")
-    p.add_argument(
-        "checkpoint",
-        nargs="?",
-        help="BERT checkpoint folder or pretrain run (default: the installed all-MiniLM-L6-v2)",
-    )
+def add_starting_point(p: argparse.ArgumentParser, *, model_help: str) -> None:
+    """What a fine-tuning starts from: ``--model`` or ``--from-scratch`` with ``--preset``
+    and ``--tokenizer`` (``qkv bert finetune`` and ``finetune-tokens``)."""
     p.add_argument(
         "--model",
         metavar="PATH",
-        help="the same as the positional checkpoint: a BERT checkpoint folder (Hugging Face "
-        "config.json, weights, vocabulary) or a qkv pretrain run to start from",
+        help=f"{model_help}: a BERT checkpoint folder (Hugging Face config.json, weights, "
+        "vocabulary) or a qkv run to start from (default: the installed all-MiniLM-L6-v2)",
     )
-    p.add_argument("--from-scratch", action="store_true", help="no pretrained weights")
+    p.add_argument(
+        "--from-scratch", action="store_true", help="start from random weights, not --model"
+    )
     p.add_argument(
         "--preset",
         choices=["tiny", "mini", "small", "base"],
@@ -131,9 +129,33 @@ def _finetune_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tokenizer",
-        help="with --from-scratch: vocabulary of this checkpoint (default: one trained on the "
-        "train split)",
+        help="with --from-scratch: the vocabulary of this checkpoint (default: a new one "
+        "trained on the train split)",
     )
+
+
+def add_recipe_options(p: argparse.ArgumentParser, *, unit: str, long: str) -> None:
+    """The fine-tuning recipe's numbers (:class:`qkv.tasks.bert.finetune.FinetuneRecipe`);
+    ``unit`` is what a batch counts, ``long`` what becomes of a longer input."""
+    p.add_argument("--epochs", type=positive_float, default=3.0, help="passes over the train set")
+    p.add_argument("--batch-size", type=positive_int, default=16, help=f"{unit} per step")
+    p.add_argument(
+        "--max-length",
+        type=positive_int,
+        default=128,
+        help=f"WordPieces per sequence, [CLS] and [SEP] included; {long}",
+    )
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="peak learning rate")
+
+
+def _finetune_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="qkv bert finetune")
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="BERT checkpoint folder or pretrain run (default: the installed all-MiniLM-L6-v2)",
+    )
+    add_starting_point(p, model_help="the same as the positional checkpoint")
     p.add_argument(
         "--train",
         metavar="FILE",
@@ -168,15 +190,7 @@ def _finetune_parser() -> argparse.ArgumentParser:
         default=[0],
         help="one fine-tuning per seed (head, dropout, data order); the mean and spread reported",
     )
-    p.add_argument("--epochs", type=positive_float, default=3.0, help="passes over the train set")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="examples per step")
-    p.add_argument(
-        "--max-length",
-        type=positive_int,
-        default=128,
-        help="tokens per example, [CLS] and [SEP] included; longer texts are truncated",
-    )
-    p.add_argument("--lr", type=positive_float, default=1e-4, help="peak learning rate")
+    add_recipe_options(p, unit="examples", long="longer texts are truncated")
     p.add_argument(
         "--attention-dropout", type=probability, help="override the checkpoint's attention dropout"
     )

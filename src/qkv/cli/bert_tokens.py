@@ -41,12 +41,12 @@ from qkv.cli._options import (
     device,
     inference_device,
     non_negative_int,
-    positive_float,
     positive_int,
     print_json,
     progress_option,
     read_lines,
 )
+from qkv.cli.bert import add_recipe_options, add_starting_point
 
 __all__ = ["finetune_tokens", "tag"]
 
@@ -60,36 +60,9 @@ def _finetune_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--valid", help="CoNLL-style file scored after each epoch and at the end")
     p.add_argument("--test", help="CoNLL-style file scored once, after training")
-    p.add_argument(
-        "--model",
-        help="BERT checkpoint folder or run directory to start from "
-        "(default: the installed all-MiniLM-L6-v2)",
-    )
-    p.add_argument(
-        "--from-scratch", action="store_true", help="start from random weights, not --model"
-    )
-    p.add_argument(
-        "--preset",
-        choices=["tiny", "mini", "small", "base"],
-        default="mini",
-        help="the model size with --from-scratch",
-    )
-    p.add_argument(
-        "--tokenizer",
-        help="with --from-scratch: take the vocabulary of this checkpoint (default: a new "
-        "one trained on the train words)",
-    )
+    add_starting_point(p, model_help="the token classifier's body")
     p.add_argument("--run-dir", default="runs/bert-tokens", help="where the run is written")
-    p.add_argument("--epochs", type=positive_float, default=3.0, help="passes over the train file")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="sentences per step")
-    p.add_argument(
-        "--max-length",
-        type=positive_int,
-        default=128,
-        help="WordPieces per sequence, [CLS] and [SEP] included; longer sentences are "
-        "tagged in windows that fit",
-    )
-    p.add_argument("--lr", type=positive_float, default=1e-4, help="peak learning rate")
+    add_recipe_options(p, unit="sentences", long="longer sentences are tagged in windows")
     p.add_argument(
         "--seed", type=non_negative_int, default=0, help="head initialisation and data order"
     )

@@ -48,6 +48,7 @@ __all__ = [
     "find_classes",
     "list_images",
     "load_image_folder",
+    "open_image",
     "read_image_file",
     "split_by_path",
 ]
@@ -145,9 +146,11 @@ def list_images(directory: str | os.PathLike[str]) -> tuple[list[str], list[tupl
     return classes, samples
 
 
-def _open(path: Path) -> Any:
-    """``PIL.Image.open``, refusing an image over Pillow's size limit with a message
-    naming the file (Pillow only warns up to twice the limit, then decodes it all)."""
+def open_image(path: str | os.PathLike[str]) -> Any:
+    """``PIL.Image.open``, refusing an image over Pillow's size limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``) with a message naming the file: Pillow itself only
+    warns up to twice the limit and then decodes it all, which can fill the memory, and
+    above that its error does not say which file."""
     from PIL import Image
 
     try:
@@ -179,7 +182,7 @@ def read_image_file(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
     try:
-        with _open(path) as opened:
+        with open_image(path) as opened:
             opened.load()  # decode now, so that a truncated file fails here
             picture = opened.convert("L" if channels == 1 else "RGB")
     except ValueError:

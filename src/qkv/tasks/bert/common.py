@@ -9,10 +9,13 @@ checkpoints and metrics.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from qkv.data.wordpiece import WordPieceTokenizer
 
 __all__ = [
     "MODEL_DIR",
@@ -20,6 +23,7 @@ __all__ = [
     "epoch_order",
     "minilm_path",
     "model_device",
+    "starting_tokenizer",
 ]
 
 MODEL_DIR = "model"  # inside a run directory: the Hugging Face-format result
@@ -42,6 +46,20 @@ def checkpoint_dir(path: str | Path) -> Path:
     if not (path / "config.json").is_file() and (path / MODEL_DIR / "config.json").is_file():
         return path / MODEL_DIR
     return path
+
+
+def starting_tokenizer(
+    checkpoint: str | Path | None, tokenizer: str | Path | None, texts: Iterable[str]
+) -> tuple[Path | None, WordPieceTokenizer]:
+    """(the checkpoint folder, its tokenizer) of a fine-tuning: the checkpoint's own
+    vocabulary; from scratch, that of ``tokenizer`` (a checkpoint or run), else a new one
+    of 8,192 WordPieces trained on ``texts`` (read only then)."""
+    if checkpoint is not None:
+        source = checkpoint_dir(checkpoint)
+        return source, WordPieceTokenizer.from_pretrained(source)
+    if tokenizer is not None:
+        return None, WordPieceTokenizer.from_pretrained(checkpoint_dir(tokenizer))
+    return None, WordPieceTokenizer.train(texts, vocab_size=8192)
 
 
 def model_device(model: nn.Module) -> torch.device:

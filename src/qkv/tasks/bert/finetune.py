@@ -42,7 +42,7 @@ from qkv.tasks.bert.classify import (
     encode_texts,
     weight_names,
 )
-from qkv.tasks.bert.common import MODEL_DIR, checkpoint_dir, epoch_order
+from qkv.tasks.bert.common import MODEL_DIR, epoch_order, starting_tokenizer
 from qkv.train import TrainConfig, Trainer
 from qkv.train.optim import parameter_groups
 from qkv.train.recipe import Recipe
@@ -269,16 +269,8 @@ def finetune(
     train, valid, test = (subsample(p, n) for p, n in zip(parts, limits, strict=True))
     logger.info("%s: using train %d, valid %d, test %d", data, len(train), len(valid), len(test))
     _check_splits(data, data_files, valid, test)
-    source = checkpoint_dir(checkpoint) if checkpoint is not None else None
-    if source is not None:
-        tok = WordPieceTokenizer.from_pretrained(source)
-    elif tokenizer is not None:
-        tok = WordPieceTokenizer.from_pretrained(checkpoint_dir(tokenizer))
-    else:
-        tok = WordPieceTokenizer.train(
-            [part for t, _ in train for part in (t if isinstance(t, tuple) else (t,))],
-            vocab_size=8192,
-        )
+    texts = (part for t, _ in train for part in (t if isinstance(t, tuple) else (t,)))
+    source, tok = starting_tokenizer(checkpoint, tokenizer, texts)
     # The engine's settings are checked now, not after the run directory is opened.
     recipe.train_config(math.ceil(len(train) / recipe.batch_size), seeds[0] if seeds else 0)
     if preset is not None and not hasattr(BertConfig, preset):

@@ -56,7 +56,13 @@ from qkv.fileio import write_json_atomic
 from qkv.losses import IGNORE_INDEX, summed
 from qkv.models.bert import BertConfig, BertForTokenClassification
 from qkv.tasks.bert.classify import weight_names
-from qkv.tasks.bert.common import MODEL_DIR, checkpoint_dir, epoch_order, model_device
+from qkv.tasks.bert.common import (
+    MODEL_DIR,
+    checkpoint_dir,
+    epoch_order,
+    model_device,
+    starting_tokenizer,
+)
 from qkv.tasks.bert.finetune import FinetuneRecipe
 from qkv.train import Trainer
 from qkv.train.optim import parameter_groups
@@ -485,15 +491,8 @@ def finetune_tokens(
     if (checkpoint is None) == (preset is None):
         raise ValueError("give either a checkpoint or a preset to train from scratch")
     labels, splits = _read_splits(train, valid, test)
-    source = checkpoint_dir(checkpoint) if checkpoint is not None else None
-    if source is not None:
-        tok = WordPieceTokenizer.from_pretrained(source)
-    elif tokenizer is not None:
-        tok = WordPieceTokenizer.from_pretrained(checkpoint_dir(tokenizer))
-    else:
-        tok = WordPieceTokenizer.train(
-            (" ".join(s.words) for s in splits["train"]), vocab_size=8192
-        )
+    texts = (" ".join(s.words) for s in splits["train"])
+    source, tok = starting_tokenizer(checkpoint, tokenizer, texts)
     torch.manual_seed(seed)  # the new head's initialisation (and the whole model's)
     model = _new_tagger(tok, labels, source, preset, recipe.model)
     if recipe.max_length > model.config.max_position_embeddings:

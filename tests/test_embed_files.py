@@ -472,29 +472,6 @@ def test_attention_runs_in_bf16_on_the_cpu(tiny_bert, tmp_path, capsys):
     assert status == 1 and "--dtype fp16 needs a GPU" in err
 
 
-def test_attention_on_a_vit_in_bf16(tmp_path, capsys):
-    from PIL import Image
-
-    from qkv.models.vit import ViT, ViTConfig
-    from qkv.train.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    config = ViTConfig.digits(patch_size=4)
-    meta = {
-        "family": "vit-classifier",
-        "model_config": config.to_dict(),
-        "max_value": 16,
-        "classes": [str(i) for i in range(10)],
-    }
-    save_checkpoint(tmp_path / "vit", 1, ViT(config), {}, meta)
-    Image.fromarray((torch.rand(8, 8) * 255).byte().numpy(), mode="L").save(tmp_path / "in.png")
-    out = tmp_path / "vit.png"
-    argv = ["attention", str(tmp_path / "vit"), str(tmp_path / "in.png"), "--dtype", "bf16"]
-    status, text, err = run([*argv, "--device", "cpu", "--out", str(out)], capsys)
-    assert status == 0, err
-    assert "predicted class" in text and out.stat().st_size > 5000
-
-
 def test_attention_on_a_translator_in_bf16(tmp_path, capsys):
     from qkv.data.bpe import PAD_ID, TranslationTokenizer
     from qkv.models.transformer import Transformer, TransformerConfig

@@ -420,7 +420,8 @@ def test_attention_command_on_a_translator(translator_run, tmp_path, capsys):
     assert (tmp_path / "dog.svg").read_text().startswith("<?xml")
 
 
-def test_attention_command_on_a_vit_checkpoint(tmp_path, capsys):
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_attention_command_on_a_vit_checkpoint(tmp_path, capsys, dtype):
     from PIL import Image
 
     from qkv.train.checkpoint import save_checkpoint
@@ -436,9 +437,8 @@ def test_attention_command_on_a_vit_checkpoint(tmp_path, capsys):
     save_checkpoint(tmp_path / "vit", 1, ViT(config), {}, meta)
     Image.fromarray((torch.rand(8, 8) * 255).byte().numpy(), mode="L").save(tmp_path / "in.png")
     out = tmp_path / "vit.png"
-    assert (
-        main(["attention", str(tmp_path / "vit"), str(tmp_path / "in.png"), "--out", str(out)]) == 0
-    )
+    argv = ["attention", str(tmp_path / "vit"), str(tmp_path / "in.png"), "--out", str(out)]
+    assert main([*argv, "--device", "cpu", "--dtype", dtype]) == 0
     assert "predicted class" in capsys.readouterr().out
     assert out.stat().st_size > 5000
 

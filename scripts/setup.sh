@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
-if [[ "${1:-}" == "--test" ]]; then extras="[test]"; fi
+# The tests also run exported graphs in ONNX Runtime (the [onnx] extra).
+if [[ "${1:-}" == "--test" ]]; then extras="[test,onnx]"; fi
 
 # Real data ships in Debian packages, not in this repository: the German-English
 # dictionary and Fashion-MNIST. Loaders also take explicit paths where apt is absent.

@@ -370,7 +370,7 @@ def test_loading_refuses_unknown_keys_and_lists_every_problem(tmp_path):
     [
         ({"hidden_act": "relu"}, "hidden_act is 'relu'"),
         ({"position_embedding_type": "relative_key"}, "position_embedding_type is 'relative_key'"),
-        ({"model_type": "roberta"}, "model_type is 'roberta', not 'bert'"),
+        ({"model_type": "albert"}, "model_type is 'albert', not 'bert'"),
         ({"is_decoder": True}, "is_decoder is true"),
     ],
 )

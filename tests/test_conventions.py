@@ -90,8 +90,8 @@ def test_every_model_names_what_a_trainer_should_not_decay():
 CONFIG_ERRORS = [
     (
         TransformerConfig,
-        {"activation": "swish"},
-        r"activation must be 'relu' or 'gelu', got 'swish'",
+        {"activation": "tanh"},
+        r"activation must be 'relu', 'gelu' or 'silu', got 'tanh'",
     ),
     (
         TransformerConfig,

@@ -2,6 +2,8 @@
 
 from qkv import bert
 model = bert.from_pretrained("path/to/checkpoint")  # config.json + model.safetensors
+
+RoBERTa and XLM-RoBERTa folders load the same way (BertConfig's RoBERTa options set).
 """
 
 from qkv.convert.bert import CheckpointError, from_pretrained, save_pretrained

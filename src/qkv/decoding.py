@@ -5,7 +5,8 @@ key/value cache (:meth:`Transformer.decode` with ``cache=``), so a step costs th
 same at every position instead of re-reading the whole prefix. Beam search follows
 the surviving hypotheses with ``cache.reorder(index)`` (section 6.1 of Vaswani et
 al. 2017: beam size 4, length penalty α = 0.6, maximum length source + 50), and
-can return its ``n_best`` best finished hypotheses. Sampling draws each token from
+can return its ``n_best`` best finished hypotheses; ``style="hugging_face"`` scores and
+stops as ``transformers``' ``generate`` does (for Marian models). Sampling draws each token from
 the model's distribution, sharpened or flattened by a temperature and cut to the
 ``top_k`` most probable tokens and to the nucleus of probability ``top_p`` (Holtzman
 et al. 2020).
@@ -43,6 +44,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -109,8 +111,8 @@ def greedy_decode(
     model: Transformer,
     src_ids: Tensor,
     *,
-    bos_id: int,
-    eos_id: int,
+    bos_id: int | None = None,
+    eos_id: int | None = None,
     max_len: int | None = None,
     min_len: int = 0,
     src_key_padding_mask: Tensor | None = None,
@@ -120,7 +122,8 @@ def greedy_decode(
     Args:
         model: an encoder–decoder :class:`Transformer` in eval mode.
         src_ids: source ids, padded with ``model.config.pad_id``.
-        bos_id: first decoder input. eos_id: ends a sentence.
+        bos_id: first decoder input; eos_id: ends a sentence. Default: the model's
+            (``model.config.bos_id``, ``eos_id``; Marian starts with its pad id).
         max_len: most new tokens per sentence, eos included; default: each
             sentence's own (unpadded) source length + 50. Capped by the model's
             ``config.max_len`` positions.
@@ -132,7 +135,7 @@ def greedy_decode(
         src_ids ``(b, s)``, src_key_padding_mask ``(b, s)``; returns ``b`` token lists
         and ``(b,)`` log-probabilities (= scores).
     """
-    src_mask, limits = _prepare(
+    src_mask, limits, bos_id, eos_id = _prepare(
         model, src_ids, bos_id, eos_id, max_len, min_len, src_key_padding_mask
     )
     # The first maximum on ties (torch.argmax's documented choice).
@@ -153,8 +156,8 @@ def sample_decode(
     model: Transformer,
     src_ids: Tensor,
     *,
-    bos_id: int,
-    eos_id: int,
+    bos_id: int | None = None,
+    eos_id: int | None = None,
     max_len: int | None = None,
     temperature: float = 1.0,
     top_k: int | None = None,
@@ -192,7 +195,7 @@ def sample_decode(
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    src_mask, limits = _prepare(
+    src_mask, limits, bos_id, eos_id = _prepare(
         model, src_ids, bos_id, eos_id, max_len, min_len, src_key_padding_mask
     )
     out = _step_by_step(
@@ -259,7 +262,9 @@ def _step_by_step(
         hidden = model.decode(
             inputs, memory, memory_key_padding_mask=src_mask, cache=cache
         ).last_hidden_state  # (b, 1, d)
-        logp = _next_log_probs(model, hidden[:, -1], t, eos_id=eos_id, min_len=min_len)  # (b, V)
+        logp = _next_log_probs(
+            model, hidden[:, -1], t, eos_id=eos_id, min_len=min_len, last=t + 1 >= limits
+        )  # (b, V)
         token = choose(logp)  # (b,)
         token_logp = logp.gather(1, token[:, None])[:, 0]  # (b,)
         # Sentences already done emit padding and add nothing to their score.
@@ -280,14 +285,16 @@ def beam_search(
     model: Transformer,
     src_ids: Tensor,
     *,
-    bos_id: int,
-    eos_id: int,
+    bos_id: int | None = None,
+    eos_id: int | None = None,
     beam_size: int = 4,
     length_penalty: float = 0.6,
     max_len: int | None = None,
     min_len: int = 0,
     src_key_padding_mask: Tensor | None = None,
     n_best: int = 1,
+    style: Literal["gnmt", "hugging_face"] = "gnmt",
+    early_stopping: bool | Literal["never"] = False,
 ) -> DecodingOutput:
     """Beam search with GNMT's length penalty, all sentences in one batch of ``b × k`` rows.
 
@@ -311,11 +318,24 @@ def beam_search(
     may search past greedy's eos, since a longer hypothesis can score higher after
     the length normalisation.
 
+    ``style="hugging_face"`` follows ``transformers``' ``generate(num_beams=k)``
+    instead, for models brought from there (Marian): a finished hypothesis scores
+    ``log_prob / |Y| ** α`` (α is ``generate``'s ``length_penalty``, 1.0 there; any
+    finite value), ``k`` finished ones are kept per sentence, and a sentence stops by
+    ``generate``'s rule for ``early_stopping``: ``True``, as soon as it has ``k``
+    finished hypotheses; ``False`` (its default), when it has ``k`` and the best alive
+    one, normalised at its current length, does not beat the worst of them (a
+    heuristic: a longer hypothesis might still have); ``"never"``, the same with the
+    best alive one normalised at the maximum length (when α > 0).
+
     Args:
         beam_size: hypotheses kept per sentence (``k``).
         length_penalty: GNMT's α ≥ 0.
         n_best: finished hypotheses returned per sentence in ``DecodingOutput.n_best``,
             1 to ``beam_size``. The best one is the same whatever ``n_best`` is.
+        style: ``"gnmt"`` (above) or ``"hugging_face"``.
+        early_stopping: the stopping rule of ``style="hugging_face"``; unused by
+            ``"gnmt"``, whose rule is exact.
         Others: as :func:`greedy_decode`.
 
     Shape:
@@ -327,9 +347,16 @@ def beam_search(
         raise ValueError(f"beam_size must be at least 1, got {beam_size}")
     if not 1 <= n_best <= beam_size:
         raise ValueError(f"n_best must be from 1 to beam_size ({beam_size}), got {n_best}")
-    if not length_penalty >= 0 or length_penalty == float("inf"):  # NaN fails every test
+    if style not in ("gnmt", "hugging_face"):
+        raise ValueError(f"style must be 'gnmt' or 'hugging_face', got {style!r}")
+    if early_stopping not in (True, False, "never"):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
+    if style == "gnmt" and (not length_penalty >= 0 or length_penalty == float("inf")):
+        # NaN fails every test
         raise ValueError(f"length_penalty (α) must be >= 0 and finite, got {length_penalty}")
-    src_mask, limits = _prepare(
+    if not math.isfinite(length_penalty):
+        raise ValueError(f"length_penalty (α) must be finite, got {length_penalty}")
+    src_mask, limits, bos_id, eos_id = _prepare(
         model, src_ids, bos_id, eos_id, max_len, min_len, src_key_padding_mask
     )
     out = _beam(
@@ -343,6 +370,8 @@ def beam_search(
         alpha=length_penalty,
         min_len=min_len,
         n_best=n_best,
+        style=style,
+        early_stopping=early_stopping,
     )
     return _ordinary_tensors(out)
 
@@ -360,8 +389,18 @@ def _beam(
     alpha: float,
     min_len: int,
     n_best: int,
+    style: str = "gnmt",
+    early_stopping: bool | str = False,
 ) -> DecodingOutput:
     b, device, pad_id = src_ids.shape[0], src_ids.device, model.config.pad_id
+    hugging_face = style == "hugging_face"
+
+    def length_penalty(length: int | Tensor) -> float | Tensor:
+        return length**alpha if hugging_face else gnmt_length_penalty(length, alpha)
+
+    returned = n_best
+    # generate keeps k finished hypotheses per sentence: its stopping rule needs them.
+    n_best = k if hugging_face else n_best
     neg_inf = float("-inf")
     memory = model.encode(src_ids, src_key_padding_mask=src_mask).last_hidden_state  # (b, s, d)
     # Each sentence's memory k times, once: row i·k + j is beam j of sentence i.
@@ -370,7 +409,7 @@ def _beam(
     cache = model.init_cache()
     first_row = torch.arange(b, device=device)[:, None] * k  # (b, 1) row of beam 0
     max_steps = int(limits.max())
-    last_lp = gnmt_length_penalty(limits.float(), alpha)  # (b,) lp at each one's max length
+    last_lp = length_penalty(limits.float())  # (b,) lp at each one's max length
 
     # The k start beams are one hypothesis (bos alone). Only beam 0 may expand at the
     # first step, or the beam would fill with k copies of the best continuation.
@@ -407,11 +446,14 @@ def _beam(
 
     for t in range(max_steps):
         n = t + 1  # scored tokens of a hypothesis that ends at this step
-        lp = gnmt_length_penalty(n, alpha)
+        lp = length_penalty(n)
         hidden = model.decode(
             inputs, memory, memory_key_padding_mask=memory_mask, cache=cache
         ).last_hidden_state  # (b·k, 1, d)
-        logp = _next_log_probs(model, hidden[:, -1], t, eos_id=eos_id, min_len=min_len)  # (b·k, V)
+        last = (t + 1 >= limits).repeat_interleave(k)  # (b·k,)
+        logp = _next_log_probs(
+            model, hidden[:, -1], t, eos_id=eos_id, min_len=min_len, last=last
+        )  # (b·k, V)
         vocab = logp.shape[-1]
         candidates = alive_logp.view(b * k, 1) + logp  # (b·k, V)
         candidates = candidates.view(b, k * vocab)  # (b, k·V): index j = beam j // V, token j % V
@@ -445,8 +487,16 @@ def _beam(
             alive_logp,
             alive_tokens.view(b, k, n),
         )
-        # No alive hypothesis can enter the n_best any more.
-        beaten = best_score[:, -1] >= alive_logp[:, 0] / last_lp  # (b,)
+        if hugging_face:
+            # generate's rule: k finished, and (but with early_stopping=True) the best
+            # alive one, at its length now or ("never", α > 0) at the maximum, no better.
+            bound = last_lp if early_stopping == "never" and alpha > 0 else lp
+            beaten = best_score[:, -1] > neg_inf  # (b,)
+            if early_stopping is not True:
+                beaten &= best_score[:, -1] >= alive_logp[:, 0] / bound
+        else:
+            # No alive hypothesis can enter the n_best any more.
+            beaten = best_score[:, -1] >= alive_logp[:, 0] / last_lp  # (b,)
         done |= at_limit | beaten
         if bool(done.all()):  # one host sync per step: stop as soon as all are done
             break
@@ -457,7 +507,7 @@ def _beam(
             Hypothesis(row[:length], logp, score)
             for row, length, logp, score in zip(*columns, strict=True)
             if score > neg_inf
-        ]
+        ][:returned]
         for columns in zip(
             best_tokens.tolist(),
             best_len.tolist(),
@@ -474,14 +524,15 @@ def _beam(
 def _prepare(
     model: Transformer,
     src_ids: Tensor,
-    bos_id: int,
-    eos_id: int,
+    bos_id: int | None,
+    eos_id: int | None,
     max_len: int | None,
     min_len: int,
     src_key_padding_mask: Tensor | None,
-) -> tuple[Tensor, Tensor]:
-    """Check the arguments; return the source mask ``(b, s)`` and each sentence's
-    maximum number of new tokens ``(b,)``."""
+) -> tuple[Tensor, Tensor, int, int]:
+    """Check the arguments; return the source mask ``(b, s)``, each sentence's
+    maximum number of new tokens ``(b,)``, and the bos and eos ids (the model's when
+    not given)."""
     if model.training:
         raise ValueError(
             "decoding needs model.eval(): in training mode dropout makes every step random"
@@ -491,6 +542,8 @@ def _prepare(
             f"src_ids must be (batch, length) with batch >= 1, got {tuple(src_ids.shape)}"
         )
     config = model.config
+    bos_id = config.bos_id if bos_id is None else bos_id
+    eos_id = config.eos_id if eos_id is None else eos_id
     check_token_ids(src_ids, config.src_vocab_size, "src_ids")
     for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
         if not 0 <= value < config.tgt_vocab_size:
@@ -517,20 +570,32 @@ def _prepare(
     else:
         limits = torch.full((src_ids.shape[0],), max_len, device=src_ids.device)  # (b,)
     # The decoder input at step t sits at position t; the positional table ends at max_len.
-    return src_key_padding_mask, limits.clamp(max=config.max_len)
+    return src_key_padding_mask, limits.clamp(max=config.max_len), bos_id, eos_id
 
 
 def _next_log_probs(
-    model: Transformer, hidden: Tensor, t: int, *, eos_id: int, min_len: int
+    model: Transformer,
+    hidden: Tensor,
+    t: int,
+    *,
+    eos_id: int,
+    min_len: int,
+    last: Tensor | None = None,
 ) -> Tensor:
     """Log-probabilities of the next token, with the tokens that may not come next
-    at -inf. Shape: hidden ``(n, d)`` -> ``(n, V)``."""
+    at -inf. ``last``: the rows at their maximum length, where a model with
+    ``config.forced_eos`` may only end (eos gets log-probability 0, as Hugging Face's
+    forced eos does). Shape: hidden ``(n, d)``, last ``(n,)`` -> ``(n, V)``."""
     # In float32 even for a bf16 model: log-softmax and the running score sums need it.
-    logp = torch.log_softmax(model.output_proj(hidden).float(), dim=-1)  # (n, V)
+    logp = torch.log_softmax(model.logits(hidden).float(), dim=-1)  # (n, V)
     # Masked after the softmax: the scores stay the model's log-probabilities.
     logp[:, model.config.pad_id] = float("-inf")
     if t < min_len:
         logp[:, eos_id] = float("-inf")
+    if model.config.forced_eos and last is not None:
+        forced = torch.full_like(logp, float("-inf"))
+        forced[:, eos_id] = 0.0
+        logp = torch.where(last[:, None], forced, logp)
     return logp
 
 

@@ -36,7 +36,13 @@ QKV_FAMILIES: dict[str, Family] = {
     "bert-classification": "bert",
 }
 #: config.json's ``model_type`` of a Hugging Face folder -> the family.
-HF_FAMILIES: dict[str, Family] = {"bert": "bert", "vit": "vit"}
+HF_FAMILIES: dict[str, Family] = {
+    "bert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "vit": "vit",
+    "marian": "translator",
+}
 
 #: The registry: family -> the loader (module, function), imported when first used so
 #: that asking what a folder holds imports no model code. Each loader takes the path

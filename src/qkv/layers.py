@@ -41,8 +41,8 @@ __all__ = [
     "LayerOutput",
 ]
 
-Activation = Literal["relu", "gelu"]
-_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+Activation = Literal["relu", "gelu", "silu"]
+_ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}  # silu = swish (Marian)
 
 
 class FeedForward(nn.Module):

@@ -6,7 +6,8 @@ qkv attention path/to/all-MiniLM-L6-v2 "The dog ate the food because it was hung
 qkv attention runs/vit-fashion shoe.png --layer -1 --out vit.png
 
 PATH is one of
-  a translator: a run directory of `qkv translate train`, or one of its checkpoints
+  a translator: a run directory of `qkv translate train`, or one of its checkpoints,
+      or a Hugging Face Marian (OPUS-MT) folder
       (INPUT: a German sentence; pictures of encoder, decoder and cross-attention);
   a BERT: a Hugging Face folder with config.json (model_type "bert"), the weights
       and tokenizer.json (INPUT: text);
@@ -58,7 +59,10 @@ def add_parser(subparsers: Any) -> None:
         description=USAGE,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("path", help="translator run/checkpoint, BERT folder or ViT checkpoint")
+    parser.add_argument(
+        "path",
+        help="translator run/checkpoint or Marian folder, BERT folder or ViT checkpoint",
+    )
     parser.add_argument("input", help="a sentence, or an image for a ViT")
     parser.add_argument(
         "--layer", type=int, action="append", help="layer to capture (repeat; default all)"

@@ -18,6 +18,10 @@ for sentence pairs, --text-pair-column. The train file's labels, sorted, are the
 a split not given comes from the train file's hash split. classify reads a pair model's
 inputs as TEXT<TAB>PAIR (arguments or stdin lines).
 
+A Hugging Face RoBERTa or XLM-RoBERTa folder is read as a BERT one wherever a checkpoint
+is taken (finetune's checkpoint or --model, classify, finetune-tokens, tag), with its own
+tokenizer.json; what qkv fine-tunes from one is saved as one.
+
 JSON keys (classify --json, one object per input): text (str), text_pair (str, pair
 models only), label (str: the most probable class), probabilities (object: class name ->
 probability, every class, in the model's label order).

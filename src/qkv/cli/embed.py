@@ -78,7 +78,9 @@ def add_parser(subparsers: Any) -> None:
         "sentences", nargs="*", help="sentences (default: one per line of -i FILE or stdin)"
     )
     parser.add_argument(
-        "--model", help="a BERT checkpoint folder (default: the installed all-MiniLM-L6-v2)"
+        "--model",
+        help="a BERT, RoBERTa or XLM-RoBERTa checkpoint folder "
+        "(default: the installed all-MiniLM-L6-v2)",
     )
     parser.add_argument(
         "-i", "--input", metavar="FILE", help="read the sentences from FILE, one per line"

@@ -11,6 +11,9 @@ qkv translate runs/de-en "Heute gab es eine unschöne Szene im Büro."
 echo "Wie spät ist es?" | qkv translate runs/de-en
 qkv translate runs/de-en --json --n-best 3 < sentences.txt > translations.jsonl
 qkv translate runs/de-en --sample --top-p 0.9 --seed 1 "Wie spät ist es?"
+qkv translate opus-mt-de-en/ "Wie spät ist es?"        (a Hugging Face Marian folder)
+qkv translate train --from opus-mt-de-en/ --train de-en.tsv --run-dir runs/ft --steps 500
+qkv translate export-hf runs/ft -o opus-mt-de-en-ft/
 
 JSON keys
   qkv translate RUN --json, one object per input line, in input order:
@@ -67,7 +70,7 @@ def add_parser(subparsers: Any) -> None:
         "translate",
         help="train, evaluate and use a translator (your corpus or German-English)",
         usage=USAGE,
-        commands="train | eval | CHECKPOINT",
+        commands="train | eval | export-hf | CHECKPOINT",
         run=run,
     )
 
@@ -144,6 +147,13 @@ def _train_parser() -> argparse.ArgumentParser:
         type=positive_int,
         help="the joint BPE vocabulary's size (default: the preset's)",
     )
+    p.add_argument(
+        "--from",
+        dest="start_from",
+        metavar="DIR",
+        help="fine-tune this Hugging Face Marian (OPUS-MT) folder: its model and "
+        "SentencePiece tokenizer instead of the preset's model and a new BPE vocabulary",
+    )
     p.add_argument("--steps", type=positive_int, help="override the preset's number of steps")
     p.add_argument(
         "--limit",
@@ -187,8 +197,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--length-penalty",
         type=non_negative_float,
-        default=0.6,
-        help="the beam's length penalty exponent (0: none)",
+        help="the beam's length penalty exponent (0: none; default: 0.6, or 1.0 as "
+        "transformers' generate for a Marian model)",
     )
     p.add_argument(
         "--average",
@@ -216,7 +226,10 @@ def _translate_parser() -> argparse.ArgumentParser:
     from qkv.cli._options import positive_float
 
     p = Parser(prog="qkv translate")
-    p.add_argument("checkpoint", help="a run directory or one of its checkpoints")
+    p.add_argument(
+        "checkpoint",
+        help="a run directory or one of its checkpoints, or a Hugging Face Marian folder",
+    )
     p.add_argument(
         "sentences",
         nargs="*",
@@ -238,8 +251,8 @@ def _translate_parser() -> argparse.ArgumentParser:
     search.add_argument(
         "--length-penalty",
         type=non_negative_float,
-        default=0.6,
-        help="the beam's length penalty exponent alpha, favouring longer translations (0: none)",
+        help="the beam's length penalty exponent alpha, favouring longer translations "
+        "(0: none; default: 0.6, or 1.0 as transformers' generate for a Marian model)",
     )
     search.add_argument(
         "--max-length",
@@ -335,7 +348,7 @@ def _report(
     where: str,
     *,
     beam: int,
-    length_penalty: float,
+    length_penalty: float | None,
     limit: int | None,
     examples: int,
     json: bool = False,
@@ -343,6 +356,9 @@ def _report(
     import itertools
 
     from qkv.tasks.translation import evaluate_test
+
+    if length_penalty is None:
+        length_penalty = translator.default_length_penalty
 
     pairs = list(itertools.islice(pairs, limit))
     start = time.perf_counter()
@@ -424,6 +440,12 @@ def _train(argv: list[str]) -> int:
     from qkv.train.distributed import is_main_process
 
     options = _train_parser().parse_args(argv)
+    own = options.train is not None or options.source_file is not None
+    if options.start_from is not None and own:
+        # The Marian folder names its languages; the corpus need not repeat them.
+        src_lang, tgt_lang = _marian_languages(options.start_from)
+        options.src_lang = options.src_lang or src_lang
+        options.tgt_lang = options.tgt_lang or tgt_lang
     data = _own_data(options)
     train_translator(
         options.run_dir,
@@ -435,6 +457,7 @@ def _train(argv: list[str]) -> int:
         max_steps=options.steps,
         limit=options.limit,
         vocab_size=options.vocab_size,
+        start_from=options.start_from,
         device=options.device,
         seed=options.seed,
         progress=progress_option(options),
@@ -446,9 +469,24 @@ def _train(argv: list[str]) -> int:
     where = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
     translator = load_translator(options.run_dir, device=where)
     pairs, name = _test_pairs(translator, None, options.data, options.skip_bad_lines)
-    _report(translator, pairs, name, beam=options.beam, length_penalty=0.6,
+    _report(translator, pairs, name, beam=options.beam, length_penalty=None,
             limit=options.test_limit, examples=5)  # fmt: skip
     return 0
+
+
+def _marian_languages(folder: str) -> tuple[str | None, str | None]:
+    """``source_lang`` and ``target_lang`` of a Marian folder's tokenizer_config.json
+    (None when absent or unreadable: the fine-tuning then reports the real problem)."""
+    import json
+    from pathlib import Path
+
+    try:
+        config = json.loads((Path(folder) / "tokenizer_config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(config, dict):
+        return None, None
+    return config.get("source_lang") or None, config.get("target_lang") or None
 
 
 def _eval(argv: list[str]) -> int:
@@ -462,6 +500,40 @@ def _eval(argv: list[str]) -> int:
     pairs, name = _test_pairs(translator, options.test, options.data, options.skip_bad_lines)
     _report(translator, pairs, name, beam=options.beam, length_penalty=options.length_penalty,
             limit=options.limit, examples=options.examples, json=options.json)  # fmt: skip
+    return 0
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="qkv translate export-hf")
+    p.add_argument(
+        "checkpoint",
+        help="a run fine-tuned from a Marian folder (qkv translate train --from), or one of "
+        "its checkpoints",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="the Hugging Face Marian folder to write (config.json, model.safetensors, "
+        "the tokenizer files)",
+    )
+    p.add_argument(
+        "--average",
+        type=positive_int,
+        help="average the last N checkpoints (default: the preset's)",
+    )
+    return p
+
+
+def _export_hf(argv: list[str]) -> int:
+    from qkv.convert.marian import save_pretrained
+    from qkv.tasks.translation import load_translator
+
+    options = _export_parser().parse_args(argv)
+    translator = load_translator(options.checkpoint, average_last=options.average)
+    save_pretrained(translator, options.output)
+    print(f"wrote {options.output}")
     return 0
 
 
@@ -618,7 +690,7 @@ def run(args: argparse.Namespace) -> int:
     return dispatch(
         "translate",
         USAGE,
-        {"train": _train, "eval": _eval},
+        {"train": _train, "eval": _eval, "export-hf": _export_hf},
         list(args.args),
         default=_translate,
         default_parser=_translate_parser,

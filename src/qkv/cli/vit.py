@@ -25,8 +25,9 @@ its name; --skip-bad-files leaves such files out and counts them.
 folder: its position embeddings are resampled to the image size, its head is kept when
 the folder has its classes and replaced otherwise, its pixel normalisation is kept.
 
-An image to classify is a file (converted, resized and cropped as for training) or
-``fashion-mnist:N`` / ``digits:N`` for test image N of those sets. Fashion-MNIST
+An image to classify is a file (converted, resized and cropped as for training; for a
+Hugging Face folder, as its preprocessor_config.json says, like transformers' image
+processor) or ``fashion-mnist:N`` / ``digits:N`` for test image N of those sets. Fashion-MNIST
 pictures are light clothes on a black background.
 
 JSON keys
@@ -269,7 +270,9 @@ def _classify(argv: list[str]) -> int:
     from qkv.tasks.vit import load_classifier
 
     p = Parser(prog="qkv vit classify")
-    p.add_argument("checkpoint", help="a run directory or one of its checkpoints")
+    p.add_argument(
+        "checkpoint", help="a run directory, one of its checkpoints, or a Hugging Face ViT folder"
+    )
     p.add_argument("images", nargs="+", help="image files, or fashion-mnist:N / digits:N")
     p.add_argument("--top", type=positive_int, default=5, help="classes to show per image")
     add_inference_options(p)

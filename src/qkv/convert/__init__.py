@@ -1,5 +1,5 @@
 """Hugging Face checkpoints in and out of qkv, one module per model family
-(:mod:`qkv.convert.bert`, :mod:`qkv.convert.vit`), each of the same shape
+(:mod:`qkv.convert.bert`, :mod:`qkv.convert.vit`, :mod:`qkv.convert.marian`), each of the same shape
 (:mod:`qkv.convert.common`):
 
 - ``from_pretrained(directory) -> model``: a checkpoint folder (``config.json`` and the

@@ -1,4 +1,5 @@
-"""Hugging Face BERT checkpoints in and out of qkv's :mod:`qkv.models.bert`.
+"""Hugging Face BERT, RoBERTa and XLM-RoBERTa checkpoints in and out of qkv's
+:mod:`qkv.models.bert`.
 
 The shape every converter shares (:mod:`qkv.convert.common`): :func:`from_pretrained`
 reads a checkpoint directory (``config.json`` and the weights: ``model.safetensors``,
@@ -23,17 +24,25 @@ checkpoint that was saved without them — start from BERT's initialisation and
 are logged at WARNING level: that is the fine-tuning step "load, add a task head".
 A part that is only partly present is an error.
 
+RoBERTa and XLM-RoBERTa (``model_type`` ``roberta``, ``xlm-roberta``) are the same
+model with three :class:`~qkv.models.bert.BertConfig` options set
+(``position_offset_by_pad``, ``classifier_head="dense"``, ``model_type``) and other
+names around the same backbone names (:data:`NAMINGS`): the backbone under
+``roberta.``, the MLM head ``lm_head.dense/layer_norm/decoder/bias``, the sequence
+classifier ``classifier.dense`` and ``classifier.out_proj``.
+
 BERT's names are the same in ``transformers`` 4.x and 5.x (the all-MiniLM-L6-v2
 checkpoint was written by 4.8.2); the tests use 5.23.0 as the oracle.
 
-Notation: i = layer index; "HF name" = without the ``bert.`` prefix that Hugging
-Face's heads put before the backbone.
+Notation: i = layer index; "HF name" = without the ``bert.`` (``roberta.``) prefix that
+Hugging Face's heads put before the backbone.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,7 +70,10 @@ __all__ = [
     "DERIVED_KEYS",
     "HEAD_NAMES",
     "LAYER_NAMES",
+    "MODEL_TYPES",
+    "NAMINGS",
     "CheckpointError",
+    "Naming",
     "config_from_hf",
     "config_to_hf",
     "from_pretrained",
@@ -143,17 +155,95 @@ DERIVED_KEYS: dict[str, str | None] = {
 #: Prefixes of heads that may sit in a checkpoint beside the one being loaded.
 OTHER_HEADS = ("cls.predictions.", "cls.seq_relationship.", "classifier.", "qa_outputs.")
 
+#: RoBERTa's head names (XLM-RoBERTa's are the same); the backbone's are BERT's.
+ROBERTA_HEAD_NAMES: dict[str, dict[str, str]] = {
+    "mlm": {
+        "lm_head.dense.weight": "transform.weight",
+        "lm_head.dense.bias": "transform.bias",
+        "lm_head.layer_norm.weight": "transform_norm.weight",
+        "lm_head.layer_norm.bias": "transform_norm.bias",
+        "lm_head.bias": "decoder_bias",
+    },
+    "classification": {
+        f"classifier.{layer}.{p}": f"classifier.{layer}.{p}"
+        for layer in ("dense", "out_proj")
+        for p in ("weight", "bias")
+    },
+    "token_classification": HEAD_NAMES["token_classification"],
+}
+
+
+@dataclass(frozen=True)
+class Naming:
+    """How one Hugging Face family names what is around the shared backbone names."""
+
+    model_type: str
+    prefix: str  # before the backbone names in a checkpoint with a head
+    architecture: str  # "Bert": BertModel, BertForMaskedLM, ...
+    heads: dict[str, dict[str, str]]  # head -> HF name -> qkv name
+    derived: dict[str, str | None]  # see DERIVED_KEYS
+    other_heads: tuple[str, ...]  # see OTHER_HEADS
+    defaults: dict[str, Any]  # config.json values Hugging Face assumes when absent
+    # The BertConfig options this family fixes (a checkpoint of the family is always so).
+    options: dict[str, Any]
+
+
+_ROBERTA_DERIVED: dict[str, str | None] = {
+    "embeddings.position_ids": None,
+    "embeddings.token_type_ids": None,
+    "lm_head.decoder.weight": "embeddings.word_embeddings.weight",
+    "lm_head.decoder.bias": "lm_head.bias",
+}
+_ROBERTA_OPTIONS = {"position_offset_by_pad": True, "classifier_head": "dense"}
+
+#: ``model_type`` -> its naming.
+NAMINGS: dict[str, Naming] = {
+    "bert": Naming(
+        "bert",
+        "bert.",
+        "Bert",
+        HEAD_NAMES,
+        DERIVED_KEYS,
+        OTHER_HEADS,
+        {"vocab_size": 30522, "pad_token_id": 0},
+        {"position_offset_by_pad": False, "classifier_head": "pooler"},
+    ),
+    "roberta": Naming(
+        "roberta",
+        "roberta.",
+        "Roberta",
+        ROBERTA_HEAD_NAMES,
+        _ROBERTA_DERIVED,
+        ("lm_head.", "classifier.", "qa_outputs."),
+        {"vocab_size": 50265, "pad_token_id": 1},
+        _ROBERTA_OPTIONS,
+    ),
+    "xlm-roberta": Naming(
+        "xlm-roberta",
+        "roberta.",
+        "XLMRoberta",
+        ROBERTA_HEAD_NAMES,
+        _ROBERTA_DERIVED,
+        ("lm_head.", "classifier.", "qa_outputs."),
+        {"vocab_size": 30522, "pad_token_id": 1},
+        _ROBERTA_OPTIONS,
+    ),
+}
+#: The ``model_type`` values this module reads and writes.
+MODEL_TYPES = tuple(NAMINGS)
+
 _MODELS: dict[Head | None, type[AnyBert]] = {
     None: BertModel,
     "mlm": BertForMaskedLM,
     "classification": BertForSequenceClassification,
     "token_classification": BertForTokenClassification,
 }
+# Hugging Face's class name, after the family's architecture prefix.
 _ARCHITECTURES = {
-    BertModel: "BertModel",
-    BertForMaskedLM: "BertForMaskedLM",
-    BertForSequenceClassification: "BertForSequenceClassification",
-    BertForTokenClassification: "BertForTokenClassification",
+    BertModel: "Model",
+    BertForMaskedLM: "ForMaskedLM",
+    BertForSequenceClassification: "ForSequenceClassification",
+    BertForTokenClassification: "ForTokenClassification",
 }
 
 # config.json key -> BertConfig field, with Hugging Face's default for a missing key.
@@ -173,18 +263,19 @@ _CONFIG_KEYS: dict[str, tuple[str, Any]] = {
 }
 
 
-def _normalise(key: str) -> str:
-    """HF name as in :data:`BACKBONE_NAMES`: no ``bert.`` prefix, and the TF-era
+def _normalise(key: str, prefix: str = "bert.") -> str:
+    """HF name as in :data:`BACKBONE_NAMES`: no ``bert.`` (``prefix``), and the TF-era
     LayerNorm names ``gamma``/``beta`` (old converted checkpoints) as ``weight``/``bias``."""
-    key = key.removeprefix("bert.")
+    key = key.removeprefix(prefix)
     if "LayerNorm." in key:
         key = key.replace("LayerNorm.gamma", "LayerNorm.weight")
         key = key.replace("LayerNorm.beta", "LayerNorm.bias")
     return key
 
 
-def name_map(head: Head | None = None, *, pooler: bool = True) -> NameMap:
-    """The name map of one model: HF name (no ``bert.`` prefix) -> qkv parameter name.
+def name_map(head: Head | None = None, *, pooler: bool = True, model_type: str = "bert") -> NameMap:
+    """The name map of one model: HF name (no ``bert.``/``roberta.`` prefix) -> qkv
+    parameter name; ``model_type`` picks the head names (:data:`NAMINGS`).
 
     Backbone names get qkv's ``bert.`` prefix when there is a head, as the heads
     hold their backbone in ``self.bert``.
@@ -193,15 +284,15 @@ def name_map(head: Head | None = None, *, pooler: bool = True) -> NameMap:
     backbone = {**BACKBONE_NAMES, **LAYER_NAMES}
     templates = {hf: prefix + qkv for hf, qkv in backbone.items() if pooler or hf not in _POOLER}
     if head is not None:
-        templates.update(HEAD_NAMES[head])
+        templates.update(NAMINGS[model_type].heads[head])
     return NameMap(templates)
 
 
 def hf_to_qkv_names(
-    num_layers: int, head: Head | None = None, *, pooler: bool = True
+    num_layers: int, head: Head | None = None, *, pooler: bool = True, model_type: str = "bert"
 ) -> dict[str, str]:
     """:func:`name_map` written out for a model of ``num_layers`` layers."""
-    return name_map(head, pooler=pooler).expand(num_layers)
+    return name_map(head, pooler=pooler, model_type=model_type).expand(num_layers)
 
 
 def _head_of(model: nn.Module) -> Head | None:
@@ -220,14 +311,29 @@ def _backbone(model: AnyBert) -> BertModel:
 # ---------------------------------------------------------------------------------------------
 
 
+def _family_problems(config: BertConfig) -> list[str]:
+    """How ``config`` differs from what its ``model_type`` always is (:data:`NAMINGS`):
+    a RoBERTa without its positions, or a BERT with RoBERTa's head, has no
+    Hugging Face class to go to."""
+    naming = NAMINGS[config.model_type]
+    return [
+        f"{field} is {getattr(config, field)!r}; a {config.model_type!r} model has {value!r}"
+        for field, value in naming.options.items()
+        if getattr(config, field) != value
+    ]
+
+
 def config_from_hf(hf: dict[str, Any], **overrides: Any) -> BertConfig:
     """``config.json`` -> :class:`BertConfig`; refuses what qkv's BERT does not build.
 
-    ``overrides`` replace fields afterwards (say ``attention_dropout=0.0``).
+    ``model_type`` ``bert``, ``roberta`` or ``xlm-roberta`` (the last two set the
+    options :data:`NAMINGS` lists). ``overrides`` replace fields afterwards (say
+    ``attention_dropout=0.0``).
     """
     problems = []
-    if hf.get("model_type") != "bert":
-        problems.append(f"model_type is {hf.get('model_type')!r}, not 'bert'")
+    model_type = hf.get("model_type")
+    if model_type not in NAMINGS:
+        problems.append(f"model_type is {model_type!r}, not 'bert', 'roberta' or 'xlm-roberta'")
     if hf.get("hidden_act", "gelu") != "gelu":
         problems.append(
             f"hidden_act is {hf['hidden_act']!r}; qkv's BERT uses the exact (erf) 'gelu'"
@@ -244,16 +350,29 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> BertConfig:
         problems.append(f"embedding_size {hf['embedding_size']} differs from hidden_size")
     if problems:
         raise CheckpointError("unsupported BERT configuration: " + "; ".join(problems))
-    values = {field: hf.get(key, default) for key, (field, default) in _CONFIG_KEYS.items()}
+    naming = NAMINGS[str(model_type)]
+    defaults = {
+        key: naming.defaults.get(key, default) for key, (_, default) in _CONFIG_KEYS.items()
+    }
+    values = {field: hf.get(key, defaults[key]) for key, (field, _) in _CONFIG_KEYS.items()}
     if values["pad_id"] is None:
-        values["pad_id"] = 0
-    return BertConfig(**{**values, **overrides})
+        values["pad_id"] = defaults["pad_token_id"]
+    config = BertConfig(**{**values, **naming.options, "model_type": model_type, **overrides})
+    problems = _family_problems(config)
+    if problems:
+        raise CheckpointError("unsupported overrides: " + "; ".join(problems))
+    return config
 
 
 def config_to_hf(model: AnyBert) -> dict[str, Any]:
     """The ``config.json`` Hugging Face needs to rebuild ``model``."""
     c = model.config
-    hf: dict[str, Any] = {"architectures": [_ARCHITECTURES[type(model)]], "model_type": "bert"}
+    problems = _family_problems(c)
+    if problems:
+        raise ValueError("cannot write a Hugging Face config: " + "; ".join(problems))
+    naming = NAMINGS[c.model_type]
+    architecture = naming.architecture + _ARCHITECTURES[type(model)]
+    hf: dict[str, Any] = {"architectures": [architecture], "model_type": c.model_type}
     for key, (field, _) in _CONFIG_KEYS.items():
         hf[key] = getattr(c, field)
     hf.update(hidden_act="gelu", position_embedding_type="absolute", tie_word_embeddings=True)
@@ -278,32 +397,34 @@ def _num_labels(hf: dict[str, Any], num_labels: int | None) -> tuple[int, list[s
 
 
 def _map_state(
-    weights: dict[str, Tensor], names: dict[str, str], head: Head | None
+    weights: dict[str, Tensor], names: dict[str, str], head: Head | None, naming: Naming
 ) -> tuple[dict[str, Tensor], list[str]]:
     """Rename checkpoint tensors to qkv names; returns them and the problems found."""
     state: dict[str, Tensor] = {}
     problems: list[str] = []
     normalised: dict[str, Tensor] = {}
     for key, tensor in weights.items():
-        name = _normalise(key)
+        name = _normalise(key, naming.prefix)
         if name in normalised:
-            problems.append(f"duplicate key {key!r} (with and without the 'bert.' prefix)")
+            problems.append(
+                f"duplicate key {key!r} (with and without the {naming.prefix!r} prefix)"
+            )
         normalised[name] = tensor
-    own_head = tuple(HEAD_NAMES[head]) if head is not None else ()
+    own_head = tuple(naming.heads[head]) if head is not None else ()
     unknown, dropped = [], []
     for name, tensor in normalised.items():
         if name in names:
             state[names[name]] = tensor
-        elif name in DERIVED_KEYS:
+        elif name in naming.derived:
             # A tied copy must equal what qkv ties it to, or the model would differ.
-            tied_to = DERIVED_KEYS[name]
+            tied_to = naming.derived[name]
             if (
                 head == "mlm"
                 and tied_to in normalised
                 and not torch.equal(tensor, normalised[tied_to])
             ):
                 problems.append(f"{name} differs from {tied_to}; qkv ties the MLM decoder to it")
-        elif (name.startswith(OTHER_HEADS) and name not in own_head) or name in _POOLER:
+        elif (name.startswith(naming.other_heads) and name not in own_head) or name in _POOLER:
             # A pooler reaches here only when the model has none (the token classifier
             # and the MLM head read every position, not [CLS]): unused, as in Hugging Face.
             dropped.append(name)
@@ -324,7 +445,8 @@ def from_pretrained(
     label_names: list[str] | None = None,
     **overrides: Any,
 ) -> AnyBert:
-    """Load a Hugging Face BERT checkpoint directory into a qkv model.
+    """Load a Hugging Face BERT, RoBERTa or XLM-RoBERTa checkpoint directory into a
+    qkv model.
 
     Args:
         path: directory with ``config.json`` and the weights.
@@ -361,16 +483,19 @@ def load_hf_state_dict(model: AnyBert, weights: dict[str, Tensor]) -> None:
     listing every problem and leave ``model`` untouched."""
     head = _head_of(model)
     has_pooler = _backbone(model).pooler is not None
-    names = hf_to_qkv_names(model.config.num_layers, head, pooler=has_pooler)
+    naming = NAMINGS[model.config.model_type]
+    names = hf_to_qkv_names(
+        model.config.num_layers, head, pooler=has_pooler, model_type=naming.model_type
+    )
     own = model.state_dict()
     # The map and the model must agree exactly; a failure here is a bug in qkv.
     assert set(names.values()) == set(own), sorted(set(names.values()) ^ set(own))
-    state, problems = _map_state(weights, names, head)
+    state, problems = _map_state(weights, names, head, naming)
 
     # A part the checkpoint has none of starts fresh; a part it has some of must be whole.
     fresh_groups = {"pooler": [names[hf] for hf in _POOLER if hf in names]}
     if head is not None:
-        fresh_groups[head] = list(HEAD_NAMES[head].values())
+        fresh_groups[head] = list(naming.heads[head].values())
     fresh = []
     for group, members in fresh_groups.items():
         if members and not any(m in state for m in members):
@@ -390,22 +515,29 @@ def load_hf_state_dict(model: AnyBert, weights: dict[str, Tensor]) -> None:
 
 
 def save_pretrained(model: AnyBert, path: str | os.PathLike[str]) -> None:
-    """Write ``config.json`` and ``model.safetensors`` in Hugging Face's format.
+    """Write ``config.json`` and ``model.safetensors`` in Hugging Face's format, named
+    as ``model.config.model_type`` says (``bert``, ``roberta``, ``xlm-roberta``).
 
     ``transformers.BertModel.from_pretrained(path)`` (or the class named in
-    ``architectures``) opens the result; so does :func:`from_pretrained`. The tied
-    MLM decoder is not written, as Hugging Face does not write it either.
+    ``architectures``: ``RobertaForSequenceClassification``, ...) opens the result; so
+    does :func:`from_pretrained`. The tied MLM decoder is not written, as Hugging Face
+    does not write it either.
     """
     head = _head_of(model)
+    hf_config = config_to_hf(model)  # first: refuses a config no Hugging Face class reads
+    naming = NAMINGS[model.config.model_type]
     names = hf_to_qkv_names(
-        model.config.num_layers, head, pooler=_backbone(model).pooler is not None
+        model.config.num_layers,
+        head,
+        pooler=_backbone(model).pooler is not None,
+        model_type=naming.model_type,
     )
-    head_keys = set() if head is None else set(HEAD_NAMES[head])
+    head_keys = set() if head is None else set(naming.heads[head])
 
     def hf_name(hf: str) -> str:
-        # Hugging Face's heads keep their backbone under "bert.", as qkv's do.
-        return hf if head is None or hf in head_keys else f"bert.{hf}"
+        # Hugging Face's heads keep their backbone under "bert." ("roberta."), as qkv's do.
+        return hf if head is None or hf in head_keys else f"{naming.prefix}{hf}"
 
     own = model.state_dict()
     tensors = {hf_name(hf): own[qkv] for hf, qkv in names.items()}
-    write_pretrained(path, tensors, config_to_hf(model))
+    write_pretrained(path, tensors, hf_config)

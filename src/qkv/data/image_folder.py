@@ -45,6 +45,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageFolder",
     "check_same_classes",
+    "decode_image",
     "find_classes",
     "list_images",
     "load_image_folder",
@@ -161,6 +162,29 @@ def open_image(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{path}: image too large to open safely ({error})") from None
 
 
+def decode_image(path: str | os.PathLike[str]) -> Any:
+    """An image file decoded in full, in its own mode (a ``PIL.Image.Image``).
+
+    Raises ``ValueError`` naming the file when it is not a readable image (not an image,
+    truncated, empty, too large) and ``FileNotFoundError`` when it does not exist.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        with open_image(path) as opened:
+            opened.load()  # decode now, so that a truncated file fails here
+            return opened.copy()
+    except ValueError:
+        raise
+    # Pillow: UnidentifiedImageError and "image file is truncated" are OSErrors; a few
+    # corrupt headers raise SyntaxError or struct errors.
+    except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+        raise ValueError(f"{path}: not a readable image ({error})") from None
+
+
 def read_image_file(
     path: str | os.PathLike[str], image_size: int, channels: int, *, crop: bool = True
 ) -> np.ndarray:
@@ -176,21 +200,9 @@ def read_image_file(
     """
     from PIL import Image
 
-    path = Path(path)
     if channels not in (1, 3):
         raise ValueError(f"images have 1 (grey) or 3 (RGB) channels, not {channels}")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such image file")
-    try:
-        with open_image(path) as opened:
-            opened.load()  # decode now, so that a truncated file fails here
-            picture = opened.convert("L" if channels == 1 else "RGB")
-    except ValueError:
-        raise
-    # Pillow: UnidentifiedImageError and "image file is truncated" are OSErrors; a few
-    # corrupt headers raise SyntaxError or struct errors.
-    except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
-        raise ValueError(f"{path}: not a readable image ({error})") from None
+    picture = decode_image(path).convert("L" if channels == 1 else "RGB")
     width, height = picture.size
     if crop:
         scale = image_size / min(width, height)

@@ -14,6 +14,13 @@ pipeline from its parts and fixes the conventions the model relies on:
 - post-processor: ``[CLS] A [SEP]`` for one sentence, ``[CLS] A [SEP] B [SEP]`` for
   a pair, with segment (token type) 0 for ``[CLS] A [SEP]`` and 1 for ``B [SEP]``.
 
+The same class reads the ``tokenizer.json`` of a RoBERTa (byte-level BPE, ``<s> A </s>``,
+``<s> A </s></s> B </s>``) or an XLM-RoBERTa (Unigram, SentencePiece-style) checkpoint:
+the ``tokenizers`` library runs the pipeline the file records, and the special tokens'
+names come from ``tokenizer_config.json`` (``cls_token``, ``sep_token``, ``pad_token``,
+``unk_token``, ``mask_token``; RoBERTa's ``<s> </s> <pad> <unk> <mask>`` when it says
+nothing), so every id a task uses is looked up, never assumed.
+
 Truncation is ``longest_first`` (for a pair, take tokens from the longer side
 first), the default of Hugging Face's ``truncation=True``; padding is to the
 longest sequence of the batch, on the right, with ``[PAD]``.
@@ -55,8 +62,16 @@ PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 #: In the id order a newly trained vocabulary gives them (0..4). Google's vocabularies
 #: have [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103; the ids are always looked up.
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
+#: The roles of the special tokens, in the order of :data:`SPECIAL_TOKENS`.
+ROLES = ("pad", "unk", "cls", "sep", "mask")
+#: Role -> token of BERT's vocabularies, and of RoBERTa's and XLM-RoBERTa's (the BPE and
+#: Unigram ones), for a ``tokenizer_config.json`` that does not name them.
+BERT_SPECIALS = dict(zip(ROLES, SPECIAL_TOKENS, strict=True))
+ROBERTA_SPECIALS = {"pad": "<pad>", "unk": "<unk>", "cls": "<s>", "sep": "</s>", "mask": "<mask>"}
 
 TOKENIZER_FILE, VOCAB_FILE, CONFIG_FILE = "tokenizer.json", "vocab.txt", "tokenizer_config.json"
+#: RoBERTa's vocabulary files where a folder has no tokenizer.json.
+BPE_VOCAB_FILE, MERGES_FILE = "vocab.json", "merges.txt"
 
 
 @dataclass
@@ -101,58 +116,195 @@ def _bert_pipeline(
     return tokenizer
 
 
-def _add_template(tokenizer: Tokenizer) -> None:
+def _add_template(tokenizer: Tokenizer, cls: str = CLS, sep: str = SEP) -> None:
     """``[CLS] A [SEP]`` and ``[CLS] A [SEP] B [SEP]``, segment 1 for ``B [SEP]``."""
-    cls_id, sep_id = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
+    cls_id, sep_id = tokenizer.token_to_id(cls), tokenizer.token_to_id(sep)
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{CLS}:0 $A:0 {SEP}:0",
-        pair=f"{CLS}:0 $A:0 {SEP}:0 $B:1 {SEP}:1",
-        special_tokens=[(CLS, cls_id), (SEP, sep_id)],
+        single=f"{cls}:0 $A:0 {sep}:0",
+        pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+        special_tokens=[(cls, cls_id), (sep, sep_id)],
     )
 
 
+def _token_name(value: Any) -> str | None:
+    """A special token as ``tokenizer_config.json`` writes it: a string, or an
+    ``AddedToken`` object with its ``content``."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _specials_of(settings: dict[str, Any], defaults: dict[str, str]) -> dict[str, str]:
+    """Role -> token, as ``tokenizer_config.json`` names them, else ``defaults``."""
+    return {
+        role: _token_name(settings.get(f"{role}_token")) or default
+        for role, default in defaults.items()
+    }
+
+
+def _prefix_space(pre_tokenizer: Any) -> bool:
+    """Set ``add_prefix_space`` in every ByteLevel step of a serialised pre-tokenizer;
+    whether there was one to set."""
+    if not isinstance(pre_tokenizer, dict):
+        return False
+    if pre_tokenizer.get("type") == "ByteLevel" and not pre_tokenizer.get("add_prefix_space"):
+        pre_tokenizer["add_prefix_space"] = True
+        return True
+    steps = pre_tokenizer.get("pretokenizers") or []
+    return any([_prefix_space(step) for step in steps])
+
+
+def _read_settings(path: Path) -> dict[str, Any]:
+    """The ``tokenizer_config.json`` beside ``path`` (a file), or ``{}``."""
+    file = path.parent / CONFIG_FILE
+    if not file.is_file():
+        return {}
+    try:
+        settings = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as cause:
+        raise ValueError(f"{file}: not valid JSON ({cause})") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(settings).__name__}")
+    return settings
+
+
 class WordPieceTokenizer:
-    """Text <-> BERT token ids. Build one with :meth:`from_pretrained`, :meth:`from_vocab`
-    or :meth:`train`; the constructor wraps a ``tokenizers.Tokenizer`` holding a
-    WordPiece model and checks that it has BERT's five special tokens.
+    """Text <-> token ids of a BERT-family model. Build one with :meth:`from_pretrained`,
+    :meth:`from_vocab` or :meth:`train`; the constructor wraps a ``tokenizers.Tokenizer``
+    (WordPiece for BERT, byte-level BPE for RoBERTa, Unigram for XLM-RoBERTa) and checks
+    that it has the five special tokens ``specials`` names (role -> token: ``pad``,
+    ``unk``, ``cls``, ``sep``, ``mask``; default BERT's ``[PAD]`` ...).
+
+    ``tokenizer_class``: what ``tokenizer_config.json`` records for ``transformers``
+    (default ``BertTokenizer``).
     """
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        missing = [t for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        specials: dict[str, str] | None = None,
+        *,
+        tokenizer_class: str = "BertTokenizer",
+    ) -> None:
+        specials = dict(BERT_SPECIALS if specials is None else specials)
+        if sorted(specials) != sorted(ROLES):
+            raise ValueError(f"specials must name the roles {list(ROLES)}, got {sorted(specials)}")
+        missing = [t for t in specials.values() if tokenizer.token_to_id(t) is None]
         if missing:
-            raise ValueError(f"the vocabulary lacks BERT's special tokens {missing}")
+            family = "BERT's " if specials == BERT_SPECIALS else ""
+            raise ValueError(f"the vocabulary lacks {family}special tokens {missing}")
         # A tokenizer.json may carry its own truncation and padding (all-MiniLM-L6-v2's
         # pads every input to 128): encode() sets both for each call instead.
         tokenizer.no_truncation()
         tokenizer.no_padding()
-        if tokenizer.post_processor is None:
-            _add_template(tokenizer)
+        if tokenizer.post_processor is None and isinstance(tokenizer.model, models.WordPiece):
+            _add_template(tokenizer, specials["cls"], specials["sep"])
+        elif tokenizer.post_processor is None:
+            # RoBERTa's layout, the one the BPE and Unigram checkpoints were trained on.
+            cls_token, sep_token = specials["cls"], specials["sep"]
+            tokenizer.post_processor = processors.TemplateProcessing(
+                single=f"{cls_token} $A {sep_token}",
+                pair=f"{cls_token} $A {sep_token} {sep_token} $B {sep_token}",
+                special_tokens=[
+                    (cls_token, tokenizer.token_to_id(cls_token)),
+                    (sep_token, tokenizer.token_to_id(sep_token)),
+                ],
+            )
         self.tokenizer = tokenizer
+        self.specials = specials
+        self.tokenizer_class = tokenizer_class
+        self._word_tokenizer: Tokenizer | None = None
 
     # -- building ----------------------------------------------------------------------------
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> WordPieceTokenizer:
         """Load ``tokenizer.json`` or ``vocab.txt``: a file, or a checkpoint directory
-        holding one (``tokenizer.json`` preferred: it records the normalizer)."""
+        holding one (``tokenizer.json`` preferred: it records the normalizer).
+
+        A ``tokenizer.json`` holds a WordPiece (BERT), BPE (RoBERTa) or Unigram
+        (XLM-RoBERTa) model; the special tokens are those ``tokenizer_config.json``
+        beside it names, else BERT's for WordPiece and RoBERTa's for the others."""
         path = Path(path)
         if path.is_dir():
             if (path / TOKENIZER_FILE).is_file():
                 path = path / TOKENIZER_FILE
             elif (path / VOCAB_FILE).is_file():
                 path = path / VOCAB_FILE
+            elif (path / BPE_VOCAB_FILE).is_file() and (path / MERGES_FILE).is_file():
+                return cls.from_bpe_files(path)
             else:
-                raise FileNotFoundError(f"no {TOKENIZER_FILE} or {VOCAB_FILE} in {path}")
+                raise FileNotFoundError(
+                    f"no {TOKENIZER_FILE}, {VOCAB_FILE} or {BPE_VOCAB_FILE} and {MERGES_FILE} "
+                    f"in {path}"
+                )
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer file not found: {path}")
         if path.suffix == ".json":
             tokenizer = Tokenizer.from_file(str(path))
-            if not isinstance(tokenizer.model, models.WordPiece):
+            settings = _read_settings(path)
+            if isinstance(tokenizer.model, models.WordPiece):
+                defaults, default_class = BERT_SPECIALS, "BertTokenizer"
+            elif isinstance(tokenizer.model, models.BPE):
+                defaults, default_class = ROBERTA_SPECIALS, "RobertaTokenizer"
+            elif isinstance(tokenizer.model, models.Unigram):
+                defaults, default_class = ROBERTA_SPECIALS, "XLMRobertaTokenizer"
+            else:
                 raise ValueError(
-                    f"{path} holds a {type(tokenizer.model).__name__} model, not WordPiece"
+                    f"{path} holds a {type(tokenizer.model).__name__} model, "
+                    "not WordPiece, BPE or Unigram"
                 )
-            return cls(tokenizer)
+            specials = _specials_of(settings, defaults)
+            missing = [t for t in specials.values() if tokenizer.token_to_id(t) is None]
+            if missing:
+                raise ValueError(f"{path}: the vocabulary lacks the special tokens {missing}")
+            name = settings.get("tokenizer_class")
+            return cls(
+                tokenizer,
+                specials,
+                tokenizer_class=name if isinstance(name, str) and name else default_class,
+            )
         return cls.from_vocab(path)
+
+    @classmethod
+    def from_bpe_files(cls, directory: str | Path) -> WordPieceTokenizer:
+        """RoBERTa's tokenizer from the ``vocab.json`` and ``merges.txt`` of a folder
+        without ``tokenizer.json`` (older checkpoints): byte-level BPE, no space added
+        before the text, ``<s> A </s>`` and ``<s> A </s></s> B </s>``; special tokens
+        as ``tokenizer_config.json`` names them, else RoBERTa's."""
+        directory = Path(directory)
+        settings = _read_settings(directory / BPE_VOCAB_FILE)
+        specials = _specials_of(settings, ROBERTA_SPECIALS)
+        try:
+            model = models.BPE.from_file(
+                str(directory / BPE_VOCAB_FILE), str(directory / MERGES_FILE)
+            )
+        except Exception as error:  # the library's own message names no file
+            raise ValueError(
+                f"{directory}: {BPE_VOCAB_FILE} and {MERGES_FILE} are not a BPE vocabulary "
+                f"({error})"
+            ) from None
+        tokenizer = Tokenizer(model)
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer.add_special_tokens(
+            [t for t in specials.values() if model.token_to_id(t) is not None]
+        )
+        missing = [t for t in specials.values() if tokenizer.token_to_id(t) is None]
+        if missing:
+            raise ValueError(
+                f"{directory / BPE_VOCAB_FILE}: the vocabulary lacks the special tokens {missing}"
+            )
+        tokenizer.post_processor = processors.RobertaProcessing(
+            (specials["sep"], tokenizer.token_to_id(specials["sep"])),
+            (specials["cls"], tokenizer.token_to_id(specials["cls"])),
+        )
+        name = settings.get("tokenizer_class")
+        return cls(
+            tokenizer,
+            specials,
+            tokenizer_class=name if isinstance(name, str) and name else "RobertaTokenizer",
+        )
 
     @classmethod
     def from_vocab(
@@ -249,6 +401,16 @@ class WordPieceTokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         # Each file atomically: a run killed mid-save never leaves half a vocabulary.
         write_text_atomic(directory / TOKENIZER_FILE, self.tokenizer.to_str(pretty=True))
+        if not isinstance(self.tokenizer.model, models.WordPiece):
+            # BPE and Unigram: tokenizer.json is the whole tokenizer; no vocab.txt.
+            settings: dict[str, Any] = {"tokenizer_class": self.tokenizer_class}
+            settings.update({f"{role}_token": token for role, token in self.specials.items()})
+            # RoBERTa's <s>/</s> are also its bos/eos; transformers wants them named.
+            settings.update(bos_token=self.specials["cls"], eos_token=self.specials["sep"])
+            if model_max_length is not None:
+                settings["model_max_length"] = model_max_length
+            write_text_atomic(directory / CONFIG_FILE, json.dumps(settings, indent=2) + "\n")
+            return
         vocab = sorted(
             self.tokenizer.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1]
         )
@@ -271,6 +433,22 @@ class WordPieceTokenizer:
             config["model_max_length"] = model_max_length
         write_text_atomic(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
 
+    @property
+    def word_tokenizer(self) -> Tokenizer:
+        """The tokenizer for text already split into words (``is_pretokenized=True``):
+        this one, except that a byte-level BPE (RoBERTa) reads every word as if a space
+        came before it, as it reads the words inside running text. Without the space the
+        first-word pieces (``Hello`` rather than ``ĠHello``) would stand for every word;
+        ``transformers`` asks for ``add_prefix_space=True`` for the same reason."""
+        if self._word_tokenizer is None:
+            spec = json.loads(self.tokenizer.to_str())
+            self._word_tokenizer = (
+                Tokenizer.from_str(json.dumps(spec))
+                if _prefix_space(spec.get("pre_tokenizer"))
+                else self.tokenizer
+            )
+        return self._word_tokenizer
+
     # -- the vocabulary ------------------------------------------------------------------------
 
     @property
@@ -278,35 +456,42 @@ class WordPieceTokenizer:
         """Number of token ids (the embedding table's rows), specials included."""
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
-    def _id(self, token: str) -> int:
-        token_id = self.tokenizer.token_to_id(token)
+    def _id(self, role: str) -> int:
+        token_id = self.tokenizer.token_to_id(self.specials[role])
         assert token_id is not None  # checked in __init__
         return token_id
 
     @property
     def pad_id(self) -> int:
-        return self._id(PAD)
+        return self._id("pad")
 
     @property
     def unk_id(self) -> int:
-        return self._id(UNK)
+        return self._id("unk")
 
     @property
     def cls_id(self) -> int:
-        return self._id(CLS)
+        """``[CLS]`` (RoBERTa: ``<s>``), the first token of every input."""
+        return self._id("cls")
 
     @property
     def sep_id(self) -> int:
-        return self._id(SEP)
+        """``[SEP]`` (RoBERTa: ``</s>``), the last token of every input."""
+        return self._id("sep")
 
     @property
     def mask_id(self) -> int:
-        return self._id(MASK)
+        return self._id("mask")
 
     @property
     def special_ids(self) -> tuple[int, ...]:
         """Ids of the five special tokens, sorted: never masked, never a random replacement."""
-        return tuple(sorted(self._id(t) for t in SPECIAL_TOKENS))
+        return tuple(sorted({self._id(role) for role in ROLES}))
+
+    def num_special_tokens(self, pair: bool = False) -> int:
+        """How many special tokens an input gets: 2 for one sentence, 3 (BERT) or 4
+        (RoBERTa's ``</s></s>`` between the two) for a pair."""
+        return self.tokenizer.num_special_tokens_to_add(pair)
 
     # -- encoding ------------------------------------------------------------------------------
 
@@ -335,13 +520,15 @@ class WordPieceTokenizer:
             raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs")
         if not texts:
             raise ValueError("nothing to encode: texts is empty")
-        if max_length is not None and max_length < 3 + (pairs is not None):
+        if max_length is not None and max_length <= self.num_special_tokens(pairs is not None):
             raise ValueError(f"max_length ({max_length}) leaves no room beside [CLS] and [SEP]")
         if max_length is None:
             self.tokenizer.no_truncation()
         else:
             self.tokenizer.enable_truncation(max_length, strategy="longest_first")
-        self.tokenizer.enable_padding(pad_id=self.pad_id, pad_type_id=0, pad_token=PAD)
+        self.tokenizer.enable_padding(
+            pad_id=self.pad_id, pad_type_id=0, pad_token=self.specials["pad"]
+        )
         try:
             inputs = texts if pairs is None else list(zip(texts, pairs, strict=True))
             encodings = self.tokenizer.encode_batch(inputs)
@@ -369,4 +556,5 @@ class WordPieceTokenizer:
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def __repr__(self) -> str:
-        return f"WordPieceTokenizer(vocab_size={self.vocab_size})"
+        kind = type(self.tokenizer.model).__name__
+        return f"WordPieceTokenizer({kind}, vocab_size={self.vocab_size})"

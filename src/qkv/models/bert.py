@@ -11,6 +11,12 @@ a pooler, and task heads, built on qkv's own :class:`~qkv.layers.EncoderLayer`.
   embeddings), :class:`BertForSequenceClassification` (on the pooled ``[CLS]``),
   :class:`BertForTokenClassification` (on every position).
 
+RoBERTa and XLM-RoBERTa (Liu et al. 2019; Conneau et al. 2020) are the same model with
+three :class:`BertConfig` options: ``position_offset_by_pad`` (fairseq's positions,
+:func:`padding_offset_positions`), ``classifier_head="dense"``
+(:class:`DenseClassificationHead` on the first token, no pooler) and ``model_type``;
+``type_vocab_size=1`` and ``layer_norm_eps=1e-5`` are plain sizes.
+
 Hugging Face checkpoints load and save through :mod:`qkv.convert.bert`; this file
 knows nothing of their names.
 
@@ -30,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +59,9 @@ __all__ = [
     "BertHeadOutput",
     "BertModel",
     "BertOutput",
+    "DenseClassificationHead",
     "init_bert_weights",
+    "padding_offset_positions",
 ]
 
 
@@ -84,6 +92,21 @@ class BertConfig(ConfigDict):
     init_std: float = 0.02  # [initializer_range], see init_bert_weights
     pad_id: int = 0  # [PAD] in the BERT vocabularies
 
+    # RoBERTa and XLM-RoBERTa (Liu et al. 2019) are this model with three options
+    # changed; the defaults are BERT's.
+    # Position ids as fairseq counts them: padding tokens get position pad_id, the
+    # real tokens pad_id + 1, pad_id + 2, ... (counted over the real tokens only), so
+    # max_position_embeddings includes pad_id + 1 rows no real token reaches (514 for
+    # RoBERTa's 512 tokens; see max_length). False: position i for token i (BERT).
+    position_offset_by_pad: bool = False
+    # The sequence classifier's head. "pooler": BERT's, dropout and one linear layer on
+    # the pooled [CLS] state, tanh(W h_[CLS] + b). "dense": RoBERTa's, no pooler:
+    # dropout, dense d -> d, tanh, dropout, linear d -> C, on the first token's state.
+    classifier_head: Literal["pooler", "dense"] = "pooler"
+    # The Hugging Face family whose names the converter writes (qkv.convert.bert); the
+    # model itself is the same for all three.
+    model_type: Literal["bert", "roberta", "xlm-roberta"] = "bert"
+
     # The fused attention kernel when no weights are asked for; False: the explicit
     # matmul-softmax-matmul path (see MultiHeadAttention).
     fused_attention: bool = True
@@ -99,6 +122,19 @@ class BertConfig(ConfigDict):
         )  # fmt: skip
         if not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"pad_id ({self.pad_id}) must be in [0, vocab_size={self.vocab_size})")
+        if self.max_length < 1:
+            raise ValueError(
+                f"max_position_embeddings ({self.max_position_embeddings}) leaves no position "
+                f"for a token after the pad_id + 1 = {self.pad_id + 1} that "
+                "position_offset_by_pad reserves"
+            )
+
+    @property
+    def max_length(self) -> int:
+        """The longest input, in tokens: ``max_position_embeddings``, less the
+        ``pad_id + 1`` positions no real token takes with ``position_offset_by_pad``."""
+        offset = self.pad_id + 1 if self.position_offset_by_pad else 0
+        return self.max_position_embeddings - offset
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> BertConfig:
@@ -152,8 +188,21 @@ def init_bert_weights(module: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(m.bias)
 
 
+def padding_offset_positions(input_ids: Tensor, pad_id: int) -> Tensor:
+    """RoBERTa's position ids (fairseq's ``make_positions``): ``pad_id`` for a padding
+    token, ``pad_id + k`` for the ``k``-th real token (from 1). Computed from the ids,
+    not from an attention mask, as Hugging Face does; no host sync.
+
+    Shape: ``(b, L)`` -> ``(b, L)`` int64.
+    """
+    real = (input_ids != pad_id).long()  # (b, L)
+    return torch.cumsum(real, dim=1) * real + pad_id  # (b, L)
+
+
 class BertEmbeddings(nn.Module):
-    """``LayerNorm(token(ids) + segment(token_type_ids) + position(0..L-1))``, then dropout.
+    """``LayerNorm(token(ids) + segment(token_type_ids) + position(0..L-1))``, then dropout;
+    with ``position_offset_by_pad`` (RoBERTa) the positions are
+    :func:`padding_offset_positions` instead of ``0..L-1``.
 
     Shape: input_ids ``(b, L)``, token_type_ids ``(b, L)`` or ``None`` (all
     sentence A) -> ``(b, L, d)``.
@@ -169,6 +218,8 @@ class BertEmbeddings(nn.Module):
         self.position = LearnedPositionalEmbedding(c.d_model, c.max_position_embeddings)
         self.norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps)
         self.dropout = nn.Dropout(c.dropout)
+        self.pad_id = c.pad_id
+        self.position_offset_by_pad = c.position_offset_by_pad
 
     def forward(
         self, input_ids: Tensor, token_type_ids: Tensor | None = None, *, validate: bool = False
@@ -189,7 +240,12 @@ class BertEmbeddings(nn.Module):
                 check_token_dtype(token_type_ids, "token_type_ids")
             x = x + self.segment(token_type_ids)  # (b, L, d)
         # Added in the order Hugging Face adds them, so float rounding agrees too.
-        return self.dropout(self.norm(self.position(x)))  # (b, L, d)
+        if self.position_offset_by_pad:
+            positions = padding_offset_positions(input_ids, self.pad_id)  # (b, L)
+            x = x + self.position.embedding(positions)  # (b, L, d)
+        else:
+            x = self.position(x)  # (b, L, d)
+        return self.dropout(self.norm(x))  # (b, L, d)
 
 
 @export_output
@@ -310,15 +366,17 @@ class BertModel(nn.Module):
 
         Shape:
             input_ids, attention_mask, token_type_ids ``(b, L)``, ``L`` at most
-            ``max_position_embeddings`` -> last_hidden_state ``(b, L, d)``,
+            ``config.max_length`` -> last_hidden_state ``(b, L, d)``,
             pooled_output ``(b, d)``, attentions ``(b, h, L, L)`` per layer.
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq_len), got {tuple(input_ids.shape)}")
-        if input_ids.shape[1] > self.config.max_position_embeddings:
+        if input_ids.shape[1] > self.config.max_length:
+            offset = self.config.max_position_embeddings - self.config.max_length
+            room = f", less {offset} offset by the padding id" if offset else ""
             raise ValueError(
                 f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
-                f"({self.config.max_position_embeddings}); truncate the input"
+                f"({self.config.max_position_embeddings}{room}); truncate the input"
             )
         mask = _padding_mask(attention_mask, input_ids, self.config.pad_id, validate=validate)
         x = self.embeddings(input_ids, token_type_ids, validate=validate)  # (b, L, d)
@@ -428,6 +486,23 @@ def _label_names(num_labels: int, label_names: Sequence[str] | None) -> tuple[st
     return tuple(label_names)
 
 
+class DenseClassificationHead(nn.Module):
+    """RoBERTa's sequence-classification head after its first dropout: dense ``d -> d``,
+    tanh, dropout, linear ``d -> C`` (``dense`` and ``out_proj``, Hugging Face's names).
+
+    Shape: ``(..., d)`` -> ``(..., C)``.
+    """
+
+    def __init__(self, d_model: int, num_labels: int, dropout: float) -> None:
+        super().__init__()
+        self.dense = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(d_model, num_labels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out_proj(self.dropout(torch.tanh(self.dense(x))))
+
+
 class _BertClassifier(nn.Module):
     """What the sequence and token classifiers share: the body, the label names, and the
     head of the paper's fine-tuning (section 4): dropout, then one linear layer to ``C``
@@ -440,7 +515,13 @@ class _BertClassifier(nn.Module):
         classifier_dropout: dropout before the classifier; default ``config.dropout``.
     """
 
-    uses_pooler: bool  # the sequence classifier reads the pooled [CLS] state; the token one not
+    def uses_pooler(self, config: BertConfig) -> bool:
+        """Whether the body needs its pooler (the sequence classifier with BERT's head)."""
+        return False
+
+    def build_head(self, config: BertConfig, num_labels: int, dropout: float) -> nn.Module:
+        """The layers after the first dropout: one linear layer to ``C`` labels."""
+        return nn.Linear(config.d_model, num_labels)
 
     def __init__(
         self,
@@ -455,10 +536,10 @@ class _BertClassifier(nn.Module):
         self.label_names = _label_names(num_labels, label_names)
         self.num_labels = num_labels
         self.classifier_dropout = classifier_dropout
-        self.bert = BertModel(config, pooler=self.uses_pooler)
+        self.bert = BertModel(config, pooler=self.uses_pooler(config))
         p = config.dropout if classifier_dropout is None else classifier_dropout
         self.dropout = nn.Dropout(p)
-        self.classifier = nn.Linear(config.d_model, num_labels)
+        self.classifier = self.build_head(config, num_labels, p)
         init_bert_weights(self.classifier, config.init_std)
 
     def no_weight_decay(self) -> set[str]:
@@ -500,14 +581,23 @@ class _BertClassifier(nn.Module):
 
 
 class BertForSequenceClassification(_BertClassifier):
-    """One label per sequence from the pooled ``[CLS]`` state: dropout, then linear.
-    Arguments: :class:`_BertClassifier`. Shape: inputs ``(b, L)``, labels ``(b,)``
-    class indices -> logits ``(b, C)``."""
+    """One label per sequence from the pooled ``[CLS]`` state: dropout, then linear; or,
+    with ``config.classifier_head == "dense"`` (RoBERTa), from the first token's state
+    through :class:`DenseClassificationHead`, without a pooler. Arguments:
+    :class:`_BertClassifier`. Shape: inputs ``(b, L)``, labels ``(b,)`` class indices
+    -> logits ``(b, C)``."""
 
-    uses_pooler = True
+    def uses_pooler(self, config: BertConfig) -> bool:
+        return config.classifier_head == "pooler"
+
+    def build_head(self, config: BertConfig, num_labels: int, dropout: float) -> nn.Module:
+        if config.classifier_head == "dense":
+            return DenseClassificationHead(config.d_model, num_labels, dropout)
+        return nn.Linear(config.d_model, num_labels)
 
     def head_input(self, out: BertOutput) -> Tensor:
-        assert out.pooled_output is not None  # built with a pooler
+        if out.pooled_output is None:  # the dense head reads the first token itself
+            return out.last_hidden_state[:, 0]  # (b, d)
         return out.pooled_output  # (b, d)
 
 
@@ -516,8 +606,6 @@ class BertForTokenClassification(_BertClassifier):
     position; no pooler. Arguments: :class:`_BertClassifier`. Shape: inputs ``(b, L)``,
     labels ``(b, L)`` (``-100`` = no loss, e.g. padding or word-piece continuations)
     -> logits ``(b, L, C)``."""
-
-    uses_pooler = False
 
     def head_input(self, out: BertOutput) -> Tensor:
         return out.last_hidden_state  # (b, L, d)

@@ -56,10 +56,23 @@ class TransformerConfig(ConfigDict):
     norm_first: bool = False  # the paper is post-norm
     layer_norm_eps: float = 1e-5
     positional: Literal["sinusoidal", "learned"] = "sinusoidal"
+    # Where the sines and cosines go: "interleaved" (the paper: sin in the even
+    # channels, cos in the odd ones) or "halves" (Marian: sines, then cosines).
+    sinusoid_layout: Literal["interleaved", "halves"] = "interleaved"
+    scale_embedding: bool = True  # token embeddings times sqrt(d) (section 3.4; Marian: optional)
     max_len: int = 1024  # longest source or target sequence
     share_embeddings: bool = False  # one embedding for source and target (joint vocabulary)
     tie_output: bool = True  # output projection reuses the target embedding (section 3.4)
     pad_id: int = 0
+    # The decoder's first input and the end token. The defaults are qkv's BPE ids
+    # (qkv.data.bpe.BOS_ID, EOS_ID); Marian starts the decoder with its pad id.
+    bos_id: int = 1
+    eos_id: int = 2
+    # A fixed bias added to the logits (Marian's ``final_logits_bias`` buffer).
+    final_logits_bias: bool = False
+    # Decoding: at a sentence's maximum length only eos may come (Hugging Face's
+    # ``forced_eos_token_id``, which Marian checkpoints set).
+    forced_eos: bool = False
 
     # The fused attention kernel when no weights are asked for; False: the explicit
     # matmul-softmax-matmul path, faster to train in bf16 on a CPU at sentence lengths
@@ -82,6 +95,15 @@ class TransformerConfig(ConfigDict):
             )
         if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
             raise ValueError(f"pad_id ({self.pad_id}) must be a valid id in both vocabularies")
+        for name in ("bos_id", "eos_id"):
+            value = getattr(self, name)
+            if not 0 <= value < self.tgt_vocab_size:
+                raise ValueError(
+                    f"{name} ({value}) must be a valid id in the target vocabulary "
+                    f"[0, {self.tgt_vocab_size})"
+                )
+        if self.eos_id == self.pad_id:
+            raise ValueError(f"eos_id ({self.eos_id}) must differ from pad_id ({self.pad_id})")
 
     @classmethod
     def base(cls, src_vocab_size: int, tgt_vocab_size: int, **overrides: Any) -> TransformerConfig:
@@ -121,21 +143,17 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         c = config
+        scale = c.scale_embedding
         self.src_embed = TokenEmbedding(
-            c.src_vocab_size, c.d_model, padding_idx=c.pad_id, scale=True
+            c.src_vocab_size, c.d_model, padding_idx=c.pad_id, scale=scale
         )
         self.tgt_embed = (
             self.src_embed
             if c.share_embeddings
-            else TokenEmbedding(c.tgt_vocab_size, c.d_model, padding_idx=c.pad_id, scale=True)
+            else TokenEmbedding(c.tgt_vocab_size, c.d_model, padding_idx=c.pad_id, scale=scale)
         )
-        positional = (
-            SinusoidalPositionalEncoding
-            if c.positional == "sinusoidal"
-            else LearnedPositionalEmbedding
-        )
-        self.src_positional = positional(c.d_model, c.max_len)
-        self.tgt_positional = positional(c.d_model, c.max_len)
+        self.src_positional = self._positional(c)
+        self.tgt_positional = self._positional(c)
         self.dropout = nn.Dropout(c.dropout)
         layer_args: dict[str, Any] = dict(
             dropout=c.dropout,
@@ -153,7 +171,26 @@ class Transformer(nn.Module):
             DecoderLayer(c.d_model, c.num_heads, c.d_ff, **layer_args), c.num_decoder_layers
         )
         self.output_proj = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        if c.final_logits_bias:
+            # A buffer, as in Marian: saved with the weights, never trained.
+            self.register_buffer("final_logits_bias", torch.zeros(c.tgt_vocab_size))
+        else:
+            self.final_logits_bias: Tensor | None = None
         self.reset_parameters()
+
+    @staticmethod
+    def _positional(c: TransformerConfig) -> nn.Module:
+        if c.positional == "learned":
+            return LearnedPositionalEmbedding(c.d_model, c.max_len)
+        return SinusoidalPositionalEncoding(c.d_model, c.max_len, layout=c.sinusoid_layout)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """The decoder's output ``(..., d)`` -> vocabulary logits ``(..., V)``: the output
+        projection, plus the final logits bias when the model has one."""
+        logits = self.output_proj(hidden)
+        if self.final_logits_bias is not None:
+            logits = logits + self.final_logits_bias.to(logits.dtype)
+        return logits
 
     def reset_parameters(self) -> None:
         """Xavier-uniform for every matrix in the stacks (the reference
@@ -215,10 +252,16 @@ class Transformer(nn.Module):
 
         Shape: tgt_ids ``(b, q)``, memory ``(b, k, d)``, masks ``(b, k)`` and
         ``(b, q_total)``, True = real token. Returns ``last_hidden_state``
-        ``(b, q, d)``; :attr:`output_proj` turns it into logits. ``validate``: check
+        ``(b, q, d)``; :meth:`logits` turns it into logits. ``validate``: check
         that every id is in the vocabulary (see :meth:`forward`).
         """
         offset = 0 if cache is None else cache.offset
+        if tgt_key_padding_mask is not None and self.config.bos_id == self.config.pad_id:
+            # The decoder starts with the pad id (Marian): position 0 is a real token,
+            # not padding, whatever an ``ids != pad_id`` mask says.
+            tgt_key_padding_mask = torch.cat(
+                [torch.ones_like(tgt_key_padding_mask[:, :1]), tgt_key_padding_mask[:, 1:]], dim=1
+            )
         x = self.tgt_embed(tgt_ids, validate=validate)  # (b, q, d)
         x = self.dropout(self.tgt_positional(x, offset))
         return self.decoder(
@@ -280,7 +323,7 @@ class Transformer(nn.Module):
             need_weights=need_weights,
             validate=validate,
         )
-        logits = self.output_proj(decoded.last_hidden_state)  # (b, q, V)
+        logits = self.logits(decoded.last_hidden_state)  # (b, q, V)
         output = Seq2SeqOutput(logits=logits, encoder=encoded, decoder=decoded)
         if labels is not None:
             labels = labels.masked_fill(labels == self.config.pad_id, IGNORE_INDEX)  # (b, q)

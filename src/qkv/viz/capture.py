@@ -209,6 +209,8 @@ def capture_seq2seq(
     _check_training(model)
     pad = model.config.pad_id
     src_mask, tgt_mask = src_ids != pad, tgt_ids != pad  # (b, k), (b, q)
+    if model.config.bos_id == pad:  # Marian starts the decoder with its pad id: a real token
+        tgt_mask[:, 0] = True
     decoder_layers = layers if decoder_layers is None else decoder_layers
     encoded = model.encode(
         src_ids, src_key_padding_mask=src_mask, need_weights=_need_weights_arg(layers)
@@ -327,29 +329,32 @@ def translator_attention(
     (the translation, then ``<eos>``), columns with the decoder inputs (``<bos>``,
     then the translation). One dict per sentence, as :func:`capture_seq2seq`.
     """
-    from qkv.data.bpe import BOS_ID, EOS_ID
     from qkv.decoding import beam_search, greedy_decode
 
     sentences = [sentences] if isinstance(sentences, str) else list(sentences)
     model, tok = translator.model, translator.tokenizer
     pad = model.config.pad_id
+    # The model's own ids: qkv's BPE ones, or Marian's (decoder start = pad id).
+    bos, eos = model.config.bos_id, model.config.eos_id
     device = translator.device
     max_len = model.config.max_len
     src_rows = [tok.source.encode(s, add_eos=True)[:max_len] for s in sentences]
     src = pad_ids(src_rows, pad).to(device)  # (b, k)
     if targets is None:
         if beam_size == 1:
-            result = greedy_decode(model, src, bos_id=BOS_ID, eos_id=EOS_ID)
+            result = greedy_decode(model, src, bos_id=bos, eos_id=eos)
         else:
-            result = beam_search(model, src, bos_id=BOS_ID, eos_id=EOS_ID, beam_size=beam_size)
+            result = beam_search(
+                model, src, bos_id=bos, eos_id=eos, beam_size=beam_size, style=translator.search
+            )
         out_rows = [list(t)[: max_len - 1] for t in result.tokens]
     else:
         targets = [targets] if isinstance(targets, str) else list(targets)
         if len(targets) != len(sentences):
             raise ValueError(f"got {len(targets)} targets for {len(sentences)} sentences")
         out_rows = [tok.target.encode(t)[: max_len - 1] for t in targets]
-    tgt = pad_ids([[BOS_ID, *r] for r in out_rows], pad).to(device)  # (b, q)
-    produced = pad_ids([[*r, EOS_ID] for r in out_rows], pad)  # (b, q): what each position predicts
+    tgt = pad_ids([[bos, *r] for r in out_rows], pad).to(device)  # (b, q)
+    produced = pad_ids([[*r, eos] for r in out_rows], pad)  # (b, q): what each position predicts
 
     def pieces(ids: Tensor, vocabulary: BPETokenizer) -> list[list[str]]:
         return [[vocabulary.id_to_token(i) or "?" for i in row] for row in ids.tolist()]

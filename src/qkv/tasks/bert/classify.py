@@ -28,16 +28,20 @@ from qkv.tasks.bert.common import checkpoint_dir, model_device
 
 __all__ = [
     "HEAD_WEIGHT",
+    "HEAD_WEIGHTS",
     "TASK_FILE",
     "Classifier",
     "Prediction",
     "encode_texts",
+    "has_trained_head",
     "warn_if_truncated",
     "weight_names",
 ]
 
 log = logging.getLogger(__name__)
 HEAD_WEIGHT = "classifier.weight"
+#: The last weight of a trained sequence-classification head: BERT's, RoBERTa's.
+HEAD_WEIGHTS = (HEAD_WEIGHT, "classifier.out_proj.weight")
 TASK_FILE = "qkv_classifier.json"  # beside config.json: what the classifier reads
 
 
@@ -72,7 +76,8 @@ def warn_if_truncated(
     lengths = iter(len(ids) for ids in tokenizer.encode_ids(flat))
     for i, text in enumerate(texts):
         parts = _parts(text)
-        length = sum(next(lengths) for _ in parts) + len(parts) + 1
+        specials = tokenizer.num_special_tokens(len(parts) > 1)
+        length = sum(next(lengths) for _ in parts) + specials
         if length > max_length:
             log.warning(
                 "text %d is %d tokens long, the model reads at most %d: truncated",
@@ -80,6 +85,11 @@ def warn_if_truncated(
                 length,
                 max_length,
             )
+
+
+def has_trained_head(path: Path) -> bool:
+    """Whether the checkpoint folder ``path`` holds a sequence-classification head."""
+    return bool(set(HEAD_WEIGHTS) & weight_names(path))
 
 
 def weight_names(path: Path) -> set[str]:
@@ -130,14 +140,14 @@ class Classifier:
         ``tokenizer_config.json``)."""
         path = checkpoint_dir(path)
         # Without its trained head a classifier answers at random: refuse it.
-        if (path / "config.json").is_file() and HEAD_WEIGHT not in weight_names(path):
+        if (path / "config.json").is_file() and not has_trained_head(path):
             raise CheckpointError(
                 f"{path}: no trained classification head ({HEAD_WEIGHT} is not in its "
                 "weights); fine-tune it first (qkv bert finetune), or use qkv embed"
             )
         model = from_pretrained(path, "classification")
         assert isinstance(model, BertForSequenceClassification)
-        max_length = model.config.max_position_embeddings
+        max_length = model.config.max_length
         if (path / CONFIG_FILE).is_file():
             settings = json.loads((path / CONFIG_FILE).read_text())
             max_length = settings.get("model_max_length", max_length)

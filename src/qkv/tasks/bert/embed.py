@@ -1,5 +1,6 @@
-"""Sentence embeddings from a BERT body, pooled as the checkpoint's sentence-transformers
-files say (all-MiniLM-L6-v2: mean over the real tokens, then L2-normalised).
+"""Sentence embeddings from a BERT body (or a RoBERTa, XLM-RoBERTa one), pooled as the
+checkpoint's sentence-transformers files say (all-MiniLM-L6-v2: mean over the real tokens,
+then L2-normalised).
 
 A sentence-transformers folder lists its steps in ``modules.json``: the Transformer (the
 BERT in the folder itself), a Pooling module whose ``config.json`` says how token states
@@ -248,7 +249,7 @@ class SentenceEncoder:
                 f"{spec.source}: the Pooling module expects width {spec.width}, "
                 f"the model has {model.config.d_model}"
             )
-        max_length = model.config.max_position_embeddings
+        max_length = model.config.max_length  # RoBERTa: less the positions padding takes
         settings = path / "sentence_bert_config.json"
         if settings.is_file():
             limit = _read_json(settings)
@@ -260,7 +261,8 @@ class SentenceEncoder:
         return cls(model, tokenizer, max_length, mode, unit, path)
 
     def token_ids(self, sentences: Sequence[str]) -> list[list[int]]:
-        """Each sentence's ids, ``[CLS] ... [SEP]``, cut to ``max_length`` with a warning
+        """Each sentence's ids, ``[CLS] ... [SEP]`` (RoBERTa: ``<s> ... </s>``), cut to
+        ``max_length`` with a warning
         (the first few named, the rest counted): the model reads only the beginning."""
         inner = self.tokenizer.tokenizer
         # Without offsets, which embedding never reads: the faster batch encoder.

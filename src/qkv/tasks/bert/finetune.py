@@ -36,11 +36,10 @@ from qkv.fileio import write_json_atomic
 from qkv.losses import summed
 from qkv.models.bert import BertConfig, BertForSequenceClassification, init_bert_weights
 from qkv.tasks.bert.classify import (
-    HEAD_WEIGHT,
     TASK_FILE,
     Classifier,
     encode_texts,
-    weight_names,
+    has_trained_head,
 )
 from qkv.tasks.bert.common import MODEL_DIR, epoch_order, starting_tokenizer
 from qkv.train import TrainConfig, Trainer
@@ -188,7 +187,7 @@ def _new_classifier(
             logger.info("%s: a classifier of %s; a new head for %s", checkpoint, own, labels)
             model = from_pretrained(checkpoint, "classification", **overrides)
             assert isinstance(model, BertForSequenceClassification)
-            head = nn.Linear(model.config.d_model, len(labels))
+            head = model.build_head(model.config, len(labels), model.dropout.p)
             init_bert_weights(head, model.config.init_std)
             model.classifier, model.num_labels, model.label_names = head, len(labels), tuple(labels)
             return model
@@ -209,7 +208,7 @@ def _trained_labels(checkpoint: Path) -> list[str] | None:
     (``LABEL_i`` where its ``config.json`` names none), else ``None``."""
     from qkv.convert.common import read_config
 
-    if HEAD_WEIGHT not in weight_names(checkpoint):
+    if not has_trained_head(checkpoint):
         return None
     id2label = read_config(checkpoint).get("id2label") or {}
     shape = len(id2label) or None

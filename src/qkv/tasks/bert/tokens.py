@@ -85,6 +85,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ARCHITECTURE = "BertForTokenClassification"
+#: The Hugging Face classes of a token classifier (BERT, RoBERTa, XLM-RoBERTa).
+ARCHITECTURES = (ARCHITECTURE, "RobertaForTokenClassification", "XLMRobertaForTokenClassification")
 HEAD_PREFIX = "classifier."
 
 
@@ -109,7 +111,7 @@ def _pieces_per_word(
     tokenizer: WordPieceTokenizer, sentences: Sequence[Sequence[str]]
 ) -> list[list[list[int]]]:
     """For each sentence, for each word, the ids of its pieces (none for an erased word)."""
-    encodings = tokenizer.tokenizer.encode_batch(
+    encodings = tokenizer.word_tokenizer.encode_batch(
         [list(words) for words in sentences], is_pretokenized=True, add_special_tokens=False
     )
     result = []
@@ -314,7 +316,7 @@ class Tagger:
         saved, float32)."""
         path = checkpoint_dir(path)
         architectures = read_config(path).get("architectures") or [ARCHITECTURE]
-        if ARCHITECTURE not in architectures:
+        if not set(ARCHITECTURES) & set(architectures):
             raise CheckpointError(
                 f"{path}: a {architectures[0]} checkpoint, not a token classifier; "
                 "fine-tune one with qkv bert finetune-tokens"
@@ -330,7 +332,7 @@ class Tagger:
         settings = (
             json.loads((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).is_file() else {}
         )
-        max_length = settings.get("model_max_length", model.config.max_position_embeddings)
+        max_length = settings.get("model_max_length", model.config.max_length)
         model = model.to(device=device, dtype=dtype).eval()
         return cls(model, WordPieceTokenizer.from_pretrained(path), max_length)
 
@@ -420,7 +422,7 @@ def _new_tagger(
     weights = read_weights(checkpoint)
     id2label = hf.get("id2label") or {}
     same_head = (
-        ARCHITECTURE in (hf.get("architectures") or [])
+        bool(set(ARCHITECTURES) & set(hf.get("architectures") or []))
         and [id2label.get(str(i)) for i in range(len(id2label))] == labels
     )
     if not same_head:
@@ -495,10 +497,10 @@ def finetune_tokens(
     source, tok = starting_tokenizer(checkpoint, tokenizer, texts)
     torch.manual_seed(seed)  # the new head's initialisation (and the whole model's)
     model = _new_tagger(tok, labels, source, preset, recipe.model)
-    if recipe.max_length > model.config.max_position_embeddings:
+    if recipe.max_length > model.config.max_length:
         raise ValueError(
-            f"max_length {recipe.max_length} exceeds the model's "
-            f"max_position_embeddings ({model.config.max_position_embeddings})"
+            f"max_length {recipe.max_length} exceeds the model's longest input "
+            f"({model.config.max_length} tokens)"
         )
     tag_index = {tag: i for i, tag in enumerate(labels)}
     sentences = splits["train"]

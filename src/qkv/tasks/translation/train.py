@@ -13,6 +13,13 @@ A run directory (:mod:`qkv.train.rundir`: locked, never overwritten by accident)
 sizes and SHA-256), ``tokenizer.json``, ``checkpoints/step-*/`` (weights, the model
 configuration, the recipe, the languages and where the data came from), ``metrics.csv``
 and ``loss_curves.png``.
+
+Fine-tuning a Marian (OPUS-MT) folder (``start_from``): the folder's model and
+SentencePiece tokenizer replace the recipe's model and the BPE training (the recipe
+still gives the optimiser, the steps and the batches); the run directory holds the
+tokenizer's files (``source.spm``, ``target.spm``, ``vocab.json``) instead of
+``tokenizer.json``, and :func:`qkv.convert.marian.save_pretrained` writes the result
+back as a Marian folder.
 """
 
 from __future__ import annotations
@@ -37,10 +44,11 @@ from qkv.data.parallel import (
     ParallelData,
     SkippedLines,
 )
+from qkv.data.sentencepiece import SentencePieceTokenizer
 from qkv.data.translation import Direction, load_translation
 from qkv.models.transformer import Transformer
 from qkv.tasks.translation.presets import PRESETS, TranslationPreset
-from qkv.tasks.translation.translator import FAMILY, Translator, score
+from qkv.tasks.translation.translator import FAMILY, Translator, load_run_tokenizer, score
 from qkv.train import Trainer, TrainResult
 from qkv.train.checkpoint import list_checkpoints
 from qkv.train.losses import seq2seq_loss
@@ -57,6 +65,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Pair = tuple[str, str]
+Tokenizer = TranslationTokenizer | SentencePieceTokenizer
+#: (pad, bos, eos) of qkv's BPE vocabularies; a Marian model has its own.
+BPE_IDS = (PAD_ID, BOS_ID, EOS_ID)
 
 # Pairs tokenised per call of the Rust tokenizer: large enough for its threads, small
 # enough that the chunk's Python lists stay a few megabytes.
@@ -67,7 +78,7 @@ class _PairEncoder:
     """Tokenises pairs chunk by chunk into an :class:`EncodedPairs`; pairs with an empty
     side or longer than ``max_len`` (with the tokens collation adds) are left out."""
 
-    def __init__(self, tokenizer: TranslationTokenizer, max_len: int) -> None:
+    def __init__(self, tokenizer: Tokenizer, max_len: int) -> None:
         self.tokenizer, self.max_len = tokenizer, max_len
         self.builder = EncodedPairsBuilder(
             max(tokenizer.source.vocab_size, tokenizer.target.vocab_size)
@@ -107,9 +118,7 @@ class _PairEncoder:
         return self.builder.build()
 
 
-def encode_pairs(
-    pairs: Iterable[Pair], tokenizer: TranslationTokenizer, max_len: int
-) -> EncodedPairs:
+def encode_pairs(pairs: Iterable[Pair], tokenizer: Tokenizer, max_len: int) -> EncodedPairs:
     """Token ids of each (source, target) pair, in compact arrays; pairs with an empty
     side or longer than ``max_len`` (with the tokens collation adds) are left out.
     ``pairs`` is read once, chunk by chunk, so it may be a generator over a large file."""
@@ -119,11 +128,14 @@ def encode_pairs(
     return encoder.finish()
 
 
-def collate_encoded(encoded: EncodedPairs, indices: Sequence[int]) -> Seq2SeqBatch:
+def collate_encoded(
+    encoded: EncodedPairs, indices: Sequence[int], special_ids: tuple[int, int, int] = BPE_IDS
+) -> Seq2SeqBatch:
     """The :class:`Seq2SeqBatch` of pairs ``indices`` (what
     :func:`qkv.data.batching.collate_pairs` makes of the same ids), padded from the arrays
-    directly. Shapes: src ``(b, longest source + 1)``, tgt_in/tgt_out ``(b, longest
-    target + 1)``."""
+    directly. ``special_ids``: the model's (pad, bos, eos). Shapes: src ``(b, longest
+    source + 1)``, tgt_in/tgt_out ``(b, longest target + 1)``."""
+    pad_id, bos_id, eos_id = special_ids
     if len(indices) == 0:
         raise ValueError("a batch needs at least one pair")
     rows = np.asarray(indices, dtype=np.int64)
@@ -139,17 +151,17 @@ def collate_encoded(encoded: EncodedPairs, indices: Sequence[int]) -> Seq2SeqBat
         positions = (starts[:, None] + columns[None, :])[inside]
         padded.append((ids[positions].astype(np.int64), inside, lengths))
     (src_ids, src_inside, src_len), (tgt_ids, tgt_inside, tgt_len) = padded
-    src = np.full((b, src_inside.shape[1] + 1), PAD_ID, dtype=np.int64)
+    src = np.full((b, src_inside.shape[1] + 1), pad_id, dtype=np.int64)
     src[:, :-1][src_inside] = src_ids
-    src[every, src_len] = EOS_ID
-    tgt_in = np.full((b, tgt_inside.shape[1] + 1), PAD_ID, dtype=np.int64)
-    tgt_in[:, 0] = BOS_ID
+    src[every, src_len] = eos_id
+    tgt_in = np.full((b, tgt_inside.shape[1] + 1), pad_id, dtype=np.int64)
+    tgt_in[:, 0] = bos_id
     tgt_in[:, 1:][tgt_inside] = tgt_ids
-    tgt_out = np.full_like(tgt_in, PAD_ID)
+    tgt_out = np.full_like(tgt_in, pad_id)
     tgt_out[:, :-1][tgt_inside] = tgt_ids
-    tgt_out[every, tgt_len] = EOS_ID
+    tgt_out[every, tgt_len] = eos_id
     return Seq2SeqBatch(
-        torch.from_numpy(src), torch.from_numpy(tgt_in), torch.from_numpy(tgt_out), PAD_ID
+        torch.from_numpy(src), torch.from_numpy(tgt_in), torch.from_numpy(tgt_out), pad_id
     )
 
 
@@ -157,32 +169,36 @@ class EpochBatches(Sequence[Seq2SeqBatch]):
     """The batches of one epoch, padded only when read (a whole epoch of padded tensors
     would take far more memory than the ids)."""
 
-    def __init__(self, encoded: EncodedPairs, groups: list[list[int]]) -> None:
-        self.encoded, self.groups = encoded, groups
+    def __init__(
+        self, encoded: EncodedPairs, groups: list[list[int]], ids: tuple[int, int, int] = BPE_IDS
+    ) -> None:
+        self.encoded, self.groups, self.ids = encoded, groups, ids
 
     def __len__(self) -> int:
         return len(self.groups)
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
-            return [collate_encoded(self.encoded, g) for g in self.groups[index]]
-        return collate_encoded(self.encoded, self.groups[index])
+            return [collate_encoded(self.encoded, g, self.ids) for g in self.groups[index]]
+        return collate_encoded(self.encoded, self.groups[index], self.ids)
 
     def __iter__(self) -> Iterator[Seq2SeqBatch]:
         for group in self.groups:
-            yield collate_encoded(self.encoded, group)
+            yield collate_encoded(self.encoded, group, self.ids)
 
 
 def epoch_batches(
-    encoded: EncodedPairs, max_tokens: int, seed: int
+    encoded: EncodedPairs, max_tokens: int, seed: int, ids: tuple[int, int, int] = BPE_IDS
 ) -> Callable[[int], EpochBatches]:
     """The engine's ``batches(epoch)``: pairs grouped by length into batches of at most
-    ``max_tokens`` tokens, padding included, in an order fixed by (seed, epoch)."""
+    ``max_tokens`` tokens, padding included, in an order fixed by (seed, epoch).
+    ``ids``: the model's (pad, bos, eos)."""
     longest = np.maximum(encoded.source_lengths(), encoded.target_lengths()) + 1
     lengths = longest.tolist()
 
     def batches(epoch: int) -> EpochBatches:
-        return EpochBatches(encoded, token_batches(lengths, max_tokens, seed=seed, epoch=epoch))
+        groups = token_batches(lengths, max_tokens, seed=seed, epoch=epoch)
+        return EpochBatches(encoded, groups, ids)
 
     return batches
 
@@ -226,6 +242,7 @@ def train_translator(
     device: str | None = None,
     seed: int = 0,
     progress: bool | None = None,
+    start_from: str | Path | None = None,
 ) -> TrainResult:
     """Train a translator into ``run_dir``.
 
@@ -240,6 +257,9 @@ def train_translator(
     ``overwrite`` replaces a run already there (without either, such a folder is refused:
     :mod:`qkv.train.rundir`).
 
+    ``start_from``: a Hugging Face Marian folder to fine-tune (its model and tokenizer;
+    ``vocab_size`` does not apply). The recipe gives the training settings only.
+
     The options, the corpus and the tokenizer are settled before ``run_dir`` is touched.
     """
     recipe = PRESETS[preset] if isinstance(preset, str) else preset
@@ -253,12 +273,20 @@ def train_translator(
     if data is not None and data_path is not None:
         raise ValueError("pass the dictionary (data_path) or your own corpus (data), not both")
     run_dir = Path(run_dir)
+    start = None
+    if start_from is not None:
+        if vocab_size is not None:
+            raise ValueError("vocab_size: a Marian model brings its own vocabulary (start_from)")
+        start = _start_from(start_from)
+        recipe = replace(recipe, model=start.model.config)
     max_len = recipe.model.max_len
     if data is None:
         corpus = load_translation(
             data_path, direction=direction, include_phrases=recipe.include_phrases, limit=limit
         )
-        tokenizer = _tokenizer(run_dir, lambda: corpus.train, recipe.vocab_size, resume=resume)
+        tokenizer = _tokenizer(
+            run_dir, lambda: corpus.train, recipe.vocab_size, resume=resume, start=start
+        )
         prepared = _Data(
             train=encode_pairs(corpus.train, tokenizer, max_len),
             valid=encode_pairs(corpus.valid, tokenizer, max_len),
@@ -288,6 +316,7 @@ def train_translator(
             lambda: (p for split, p in own.train_file_pairs() if split == "train"),
             recipe.vocab_size,
             resume=resume,
+            start=start,
         )
         prepared = _read_own(data, tokenizer, max_len, bleu_sentences)
     if len(prepared.train) == 0:
@@ -298,6 +327,8 @@ def train_translator(
         **prepared.identity,
         "tokenizer_sha256": tokenizer_sha256(tokenizer),
     }
+    if start is not None:
+        identity["start_from"] = str(Path(start_from).absolute())  # type: ignore[arg-type]
     with open_run_dir(
         run_dir,
         resume=resume,
@@ -306,12 +337,35 @@ def train_translator(
         create=tokenizer.save,  # tokenizer.json first, then run.json
     ):
         return _train(run_dir, recipe, prepared, tokenizer, resume=resume, device=device,
-                      seed=seed, progress=progress)  # fmt: skip
+                      seed=seed, progress=progress,
+                      model=None if start is None else start.model)  # fmt: skip
 
 
-def _read_own(
-    data: ParallelData, tokenizer: TranslationTokenizer, max_len: int, bleu_sentences: int
-) -> _Data:
+class _Start:
+    """A Marian folder to fine-tune: its model (in training mode) and tokenizer."""
+
+    def __init__(self, folder: str | Path) -> None:
+        from qkv.convert.marian import from_pretrained
+
+        self.folder = Path(folder)
+        self.model, self.tokenizer, self.src_lang, self.tgt_lang = from_pretrained(folder)
+        self.model.train()
+
+
+def _start_from(folder: str | Path) -> _Start:
+    """Read a Marian folder to fine-tune; a clear error when it is not one."""
+    from qkv.families import identify
+
+    found = identify(folder, expect="translator")
+    if not found.hugging_face:
+        raise ValueError(
+            f"{folder}: start_from takes a Hugging Face Marian folder; to go on training "
+            "a qkv run, resume it"
+        )
+    return _Start(found.path)
+
+
+def _read_own(data: ParallelData, tokenizer: Tokenizer, max_len: int, bleu_sentences: int) -> _Data:
     """One pass over the train file (and the valid and test files when given): token ids
     of train and valid, the BLEU sentences, every line checked, bad lines counted."""
     record = data.record()  # the files' sizes and hashes, before reading them
@@ -368,27 +422,38 @@ def _read_own(
     )
 
 
-def tokenizer_sha256(tokenizer: TranslationTokenizer) -> str:
-    """SHA-256 of the tokenizer file(s) :meth:`TranslationTokenizer.save` writes."""
+def tokenizer_sha256(tokenizer: Tokenizer) -> str:
+    """SHA-256 of the tokenizer file(s) :meth:`TranslationTokenizer.save` writes (of the
+    models and vocabularies of a SentencePiece one)."""
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        return tokenizer.sha256()
     parts = [tokenizer.source] if tokenizer.joint else [tokenizer.source, tokenizer.target]
     return hashlib.sha256("".join(p.to_json() for p in parts).encode()).hexdigest()
 
 
 def _tokenizer(
-    run_dir: Path, pairs: Callable[[], Iterable[Pair]], vocab_size: int, *, resume: bool
-) -> TranslationTokenizer:
-    """The run's tokenizer when resuming one; else a joint one trained on ``pairs()`` (in
-    memory: the run directory writes it), streamed. A resumed run whose tokenizer is gone
-    is an error, never a new vocabulary under old weights."""
+    run_dir: Path,
+    pairs: Callable[[], Iterable[Pair]],
+    vocab_size: int,
+    *,
+    resume: bool,
+    start: _Start | None = None,
+) -> Tokenizer:
+    """The run's tokenizer when resuming one; else the Marian folder's (``start``); else a
+    joint one trained on ``pairs()`` (in memory: the run directory writes it), streamed.
+    A resumed run whose tokenizer is gone is an error, never a new vocabulary under old
+    weights."""
     if resume:
         try:
-            return TranslationTokenizer.load(run_dir)
+            return load_run_tokenizer(run_dir)
         except FileNotFoundError:
             if (run_dir / IDENTITY_FILE).is_file() or list_checkpoints(run_dir):
                 raise RunDirError(
                     f"{run_dir} holds a run without its tokenizer.json; it cannot be resumed "
                     "(pass --overwrite to train a new run there)"
                 ) from None
+    if start is not None:
+        return start.tokenizer
     # Source and target sentences in turn, as TranslationTokenizer.train reads them, but
     # streamed: the trainer counts words as it goes and never needs the list.
     texts = (text for pair in pairs() for text in pair)
@@ -400,22 +465,32 @@ def _train(
     run_dir: Path,
     recipe: TranslationPreset,
     data: _Data,
-    tokenizer: TranslationTokenizer,
+    tokenizer: Tokenizer,
     *,
     resume: bool,
     device: str | None,
     seed: int,
     progress: bool | None,
+    model: Transformer | None = None,
 ) -> TrainResult:
-    """Build the model and train it (the run directory is open)."""
+    """Build the model (or take ``model``, a Marian one to fine-tune) and train it (the
+    run directory is open)."""
     torch.manual_seed(seed)
-    vocab_size = tokenizer.source.vocab_size
-    config = replace(recipe.model, src_vocab_size=vocab_size, tgt_vocab_size=vocab_size)
-    model = Transformer(config)
-    valid_batches = list(epoch_batches(data.valid, recipe.max_tokens, seed)(0))
+    if model is None:
+        vocab_size = tokenizer.source.vocab_size
+        config = replace(recipe.model, src_vocab_size=vocab_size, tgt_vocab_size=vocab_size)
+        model = Transformer(config)
+    config = model.config
+    ids = (config.pad_id, config.bos_id, config.eos_id)
+    valid_batches = list(epoch_batches(data.valid, recipe.max_tokens, seed, ids)(0))
     bleu_set = data.bleu_set
     translator = Translator(
-        model, tokenizer, data.direction, src_lang=data.src_lang, tgt_lang=data.tgt_lang
+        model,
+        tokenizer,
+        data.direction,
+        src_lang=data.src_lang,
+        tgt_lang=data.tgt_lang,
+        search="hugging_face" if isinstance(tokenizer, SentencePieceTokenizer) else "gnmt",
     )
 
     def evaluate(_: nn.Module) -> dict[str, float]:
@@ -428,7 +503,7 @@ def _train(
         model,
         recipe.train,
         run_dir,
-        batches=epoch_batches(data.train, recipe.max_tokens, seed),
+        batches=epoch_batches(data.train, recipe.max_tokens, seed, ids),
         loss_fn=lambda m, b: seq2seq_loss(m, b, label_smoothing=recipe.label_smoothing),
         evaluate=evaluate,
         meta={

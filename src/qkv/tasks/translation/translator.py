@@ -2,7 +2,11 @@
 
 A run directory of :func:`qkv.tasks.translation.train_translator` holds
 ``tokenizer.json`` and ``checkpoints/step-*/`` (weights and, in ``meta.json``, the
-model configuration and the recipe): everything :func:`load_translator` needs.
+model configuration and the recipe): everything :func:`load_translator` needs. A run
+fine-tuned from a Marian (OPUS-MT) folder holds that folder's SentencePiece tokenizer
+(``source.spm``, ``target.spm``, ``vocab.json``) instead of ``tokenizer.json``;
+:func:`load_translator` also reads a Hugging Face Marian folder itself
+(:mod:`qkv.convert.marian`).
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import sacrebleu
 import torch
 
-from qkv.data.bpe import BOS_ID, EOS_ID, PAD_ID, TranslationTokenizer
+from qkv.data.bpe import TranslationTokenizer
 from qkv.data.padding import pad_ids
+from qkv.data.sentencepiece import SentencePieceTokenizer, is_sentencepiece_folder
 from qkv.data.translation import ParallelCorpus
 from qkv.decoding import beam_search, greedy_decode, sample_decode
 from qkv.families import identify
@@ -26,7 +31,15 @@ from qkv.models.transformer import Transformer, TransformerConfig
 from qkv.train import load_weights
 from qkv.train.checkpoint import average_checkpoints, list_checkpoints
 
-__all__ = ["FAMILY", "Candidate", "Translator", "evaluate_test", "load_translator", "score"]
+__all__ = [
+    "FAMILY",
+    "Candidate",
+    "Translator",
+    "evaluate_test",
+    "load_run_tokenizer",
+    "load_translator",
+    "score",
+]
 
 FAMILY = "transformer-translation"
 
@@ -35,10 +48,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Translator:
-    """A trained model with its tokenizer, ready to translate."""
+    """A trained model with its tokenizer, ready to translate.
+
+    ``search``: the beam search's scoring and stopping (:func:`qkv.decoding.beam_search`'s
+    ``style``): ``"gnmt"`` for qkv's own models, ``"hugging_face"`` for Marian models,
+    so that they translate as ``transformers``' ``generate`` does. Its default length
+    penalty follows: 0.6 (GNMT's α) or 1.0 (``generate``'s).
+    """
 
     model: Transformer
-    tokenizer: TranslationTokenizer
+    tokenizer: TranslationTokenizer | SentencePieceTokenizer
     direction: str = "de-en"  # "src_lang-tgt_lang", for display
     # The languages' codes as recorded in the run (``de``, ``en``, ``pt-BR``); from
     # ``direction`` when not given (runs from before they were recorded).
@@ -47,6 +66,7 @@ class Translator:
     # Where the run's data came from (the checkpoint's ``data``): the dictionary, or the
     # user's files, so ``qkv translate eval`` finds the test split. None when not recorded.
     data: dict[str, Any] | None = None
+    search: Literal["gnmt", "hugging_face"] = "gnmt"
 
     def __post_init__(self) -> None:
         source, _, target = self.direction.partition("-")
@@ -57,12 +77,18 @@ class Translator:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def default_length_penalty(self) -> float:
+        """The length penalty a search uses when none is given: GNMT's α = 0.6, or
+        ``generate``'s 1.0 for a Hugging Face-style search."""
+        return 1.0 if self.search == "hugging_face" else 0.6
+
     def translate(
         self,
         sentences: Sequence[str],
         *,
         beam_size: int = 4,
-        length_penalty: float = 0.6,
+        length_penalty: float | None = None,
         batch_size: int = 64,
         max_length: int | None = None,
         sample: bool = False,
@@ -99,7 +125,7 @@ class Translator:
         sentences: Sequence[str],
         *,
         beam_size: int = 4,
-        length_penalty: float = 0.6,
+        length_penalty: float | None = None,
         n_best: int = 1,
         batch_size: int = 64,
         max_length: int | None = None,
@@ -115,7 +141,8 @@ class Translator:
 
         Args:
             beam_size, length_penalty, n_best: as :func:`qkv.decoding.beam_search`
-                (``n_best`` from 1 to ``beam_size``).
+                (``n_best`` from 1 to ``beam_size``); ``length_penalty`` None: the
+                :attr:`default_length_penalty`.
             batch_size: sentences decoded together (sorted by length first).
             max_length: most output tokens per sentence, eos included; default: the
                 sentence's own length + 50.
@@ -129,6 +156,8 @@ class Translator:
             raise ValueError(f"n_best must be from 1 to beam_size ({beam_size}), got {n_best}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if length_penalty is None:
+            length_penalty = self.default_length_penalty
         self.model.eval()
         encoded = [self._encode(s, i) if s.strip() else [] for i, s in enumerate(sentences)]
         # Only the sentences with words go to the model; the blank ones stay [].
@@ -137,8 +166,10 @@ class Translator:
         decode = self.tokenizer.target.decode
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            src = pad_ids([encoded[i] for i in chunk], PAD_ID).to(self.device)  # (b, k)
-            common = dict(bos_id=BOS_ID, eos_id=EOS_ID, max_len=max_length)
+            src = pad_ids([encoded[i] for i in chunk], self.model.config.pad_id)  # (b, k)
+            src = src.to(self.device)
+            # The decoder's start and end ids are the model's (config.bos_id, eos_id).
+            common: dict[str, Any] = dict(max_len=max_length)
             if sample:
                 result = sample_decode(
                     self.model,
@@ -158,6 +189,7 @@ class Translator:
                     beam_size=beam_size,
                     length_penalty=length_penalty,
                     n_best=n_best,
+                    style=self.search,
                     **common,
                 )
             if result.n_best:
@@ -170,7 +202,7 @@ class Translator:
         return outputs
 
     def _encode(self, sentence: str, index: int) -> list[int]:
-        """Token ids ending in EOS, cut to the model's ``max_len`` positions."""
+        """Token ids ending in eos, cut to the model's ``max_len`` positions."""
         ids = self.tokenizer.source.encode(sentence, add_eos=True)
         limit = self.model.config.max_len
         if len(ids) > limit:
@@ -180,13 +212,13 @@ class Translator:
                 len(ids),
                 limit,
             )
-            ids = [*ids[: limit - 1], EOS_ID]
+            ids = [*ids[: limit - 1], self.model.config.eos_id]
         return ids
 
 
 class Candidate(NamedTuple):
     """One translation of a sentence: its ``text``, the ``score`` its search maximised
-    (beam search: log-probability / GNMT length penalty; greedy and sampling: the
+    (beam search: log-probability / length penalty; greedy and sampling: the
     log-probability) and its total natural-log ``log_prob``."""
 
     text: str
@@ -222,8 +254,16 @@ def load_translator(
     (e.g. ``torch.bfloat16``) casts the model for inference; default as saved (fp32).
     The languages and the data's origin come from the checkpoint; a run from before they
     were recorded gets them from its direction (default ``de-en``).
+
+    ``path`` may also be a Hugging Face Marian (OPUS-MT) folder (``config.json`` with
+    ``model_type`` ``marian``, the weights, ``source.spm``, ``target.spm``,
+    ``vocab.json``); its languages come from ``tokenizer_config.json``. Such a
+    translator, and one fine-tuned from it, searches as ``generate`` does
+    (``search="hugging_face"``).
     """
     found = identify(path, expect="translator")
+    if found.hugging_face:
+        return _load_marian(found.path, average_last, device, dtype)
     checkpoint, meta = found.path, found.meta
     run_dir = checkpoint.parent.parent  # RUN/checkpoints/step-N
     asked = average_last is not None  # the preset's number shrinks to what the run has
@@ -248,7 +288,7 @@ def load_translator(
             raise ValueError(f"averaged checkpoints lack {missing}")
     else:
         load_weights(model, checkpoint)
-    tokenizer = TranslationTokenizer.load(run_dir)
+    tokenizer = load_run_tokenizer(run_dir)
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     direction = str(meta.get("direction", "de-en"))
     data = meta.get("data")
@@ -259,6 +299,36 @@ def load_translator(
         src_lang=str(meta.get("src_lang") or ""),
         tgt_lang=str(meta.get("tgt_lang") or ""),
         data=data if isinstance(data, dict) else None,
+        search="hugging_face" if isinstance(tokenizer, SentencePieceTokenizer) else "gnmt",
+    )
+
+
+def load_run_tokenizer(run_dir: str | Path) -> TranslationTokenizer | SentencePieceTokenizer:
+    """The tokenizer a run directory holds: the Marian SentencePiece files of a run
+    fine-tuned from a Marian folder, else qkv's BPE ``tokenizer.json``."""
+    if is_sentencepiece_folder(run_dir):
+        return SentencePieceTokenizer.load(run_dir)
+    return TranslationTokenizer.load(run_dir)
+
+
+def _load_marian(
+    folder: Path, average_last: int | None, device: str | torch.device, dtype: torch.dtype | None
+) -> Translator:
+    """A translator of a Hugging Face Marian folder (:func:`load_translator`)."""
+    from qkv.convert.marian import from_pretrained
+
+    if average_last is not None and average_last > 1:
+        raise ValueError(f"{folder} is a Hugging Face folder: there are no checkpoints to average")
+    model, tokenizer, src_lang, tgt_lang = from_pretrained(folder)
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    src_lang, tgt_lang = src_lang or "src", tgt_lang or "tgt"
+    return Translator(
+        model.eval(),
+        tokenizer,
+        f"{src_lang}-{tgt_lang}",
+        src_lang=src_lang,
+        tgt_lang=tgt_lang,
+        search="hugging_face",
     )
 
 
@@ -267,7 +337,7 @@ def evaluate_test(
     corpus: ParallelCorpus | Iterable[tuple[str, str]],
     *,
     beam_size: int = 4,
-    length_penalty: float = 0.6,
+    length_penalty: float | None = None,
     limit: int | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """BLEU and chrF of ``translator`` on the test split of ``corpus``, or on ``corpus``

@@ -101,8 +101,11 @@ class Classifier:
     # The folders of a run trained on the user's images (meta.json's "data").
     data: dict[str, Any] | None = None
     # Image files: shorter side resized, centre cut out (as qkv trains on folders);
-    # False: both sides resized (Hugging Face's ViT image processor).
+    # False: both sides resized.
     crop: bool = True
+    # A Hugging Face folder's preprocessor_config.json (qkv.convert.vit.ImageProcessor):
+    # how its image files are read, instead of ``crop``.
+    processor: Any = None
 
     @property
     def config(self) -> ViTConfig:
@@ -132,12 +135,17 @@ class Classifier:
 
     def read_image(self, path: str | os.PathLike[str]) -> Tensor:
         """An image file as this model takes it (grey or RGB, resized and cropped to its
-        input: :func:`qkv.data.image_folder.read_image_file`), in its pixel units.
+        input: :func:`qkv.data.image_folder.read_image_file`, or for a Hugging Face
+        folder as its image processor does: :meth:`qkv.convert.vit.ImageProcessor.read`),
+        in its pixel units, not yet normalised.
 
         Shape: ``(c, H, W)`` float32, values in ``[0, max_value]``.
         """
         c = self.config
-        pixels = read_image_file(path, c.image_size, c.in_channels, crop=self.crop)
+        if self.processor is not None:
+            pixels = self.processor.read(path)
+        else:
+            pixels = read_image_file(path, c.image_size, c.in_channels, crop=self.crop)
         return torch.from_numpy(pixels).float() * (self.max_value / 255.0)  # (c, H, W)
 
     def classify(self, images: Tensor, top_k: int = 5) -> list[Prediction]:
@@ -205,16 +213,16 @@ def load_classifier(
     dtype: torch.dtype = torch.float32,
 ) -> Classifier:
     """Load a classifier from a qkv run directory (its latest checkpoint), a checkpoint,
-    or a Hugging Face ``ViTForImageClassification`` folder (its normalisation from
+    or a Hugging Face ``ViTForImageClassification`` folder (its image processor from
     ``preprocessor_config.json``, its class names from ``id2label``), onto ``device`` in
     ``dtype`` (probabilities still come back as float32)."""
     found = identify(path, expect="vit")
     if found.hugging_face:
-        from qkv.convert.vit import from_pretrained, label_names, read_image_processor
+        from qkv.convert.vit import from_pretrained, label_names, load_image_processor
 
         model = from_pretrained(found.path)
-        processor = read_image_processor(found.path)
-        mean, std, max_value = processor["mean"], processor["std"], 255.0
+        processor = load_image_processor(found.path)
+        mean, std, max_value = list(processor.mean), list(processor.std), 255.0
         classes = label_names(found.path) or [str(i) for i in range(model.config.num_classes)]
         dataset, test_flip, data, crop = None, False, None, False
     else:
@@ -233,6 +241,7 @@ def load_classifier(
         classes = list(meta.get("classes") or [str(i) for i in range(model.config.num_classes)])
         dataset, test_flip = meta.get("dataset"), bool(meta.get("test_flip", False))
         data, crop = meta.get("data"), True
+        processor = None
     return Classifier(
         model.to(device=device, dtype=dtype).eval(),
         torch.tensor(mean, dtype=torch.float32),
@@ -243,4 +252,5 @@ def load_classifier(
         test_flip,
         data,
         crop,
+        processor,
     )

@@ -393,3 +393,32 @@ def test_export_of_a_bpe_translator_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="needs a SentencePiece tokenizer"):
         marian.save_pretrained(model, tmp_path / "out", tokenizer)  # type: ignore[arg-type]
     assert not (tmp_path / "out").exists()
+
+
+def test_exported_marian_folder_decodes_in_onnx_runtime_to_generates_tokens(
+    folder: Path, oracle, ours, tmp_path: Path, capsys
+) -> None:
+    """The whole way out: a folder saved by ``transformers``, exported by ``qkv export``,
+    decoded greedily in ONNX Runtime, gives ``generate(num_beams=1)``'s tokens."""
+    pytest.importorskip("onnxruntime")
+    from qkv.export.translator import OnnxTranslator
+
+    hf, _ = oracle
+    out = tmp_path / "onnx"
+    assert main(["export", str(folder), "--format", "onnx", "-o", str(out)]) == 0
+    capsys.readouterr()
+    for name in ("source.spm", "target.spm", "vocab.json", "translator.json"):
+        assert (out / name).is_file(), name
+    src, mask = _batch(ours)
+    pad = ours.model.config.pad_id
+    expected = hf.generate(
+        input_ids=src,
+        attention_mask=mask.long(),
+        num_beams=1,
+        do_sample=False,
+        max_new_tokens=MAX_NEW,
+        bad_words_ids=[[pad]],
+    )
+    tokens, _ = OnnxTranslator(out, threads=1).greedy(src.numpy(), max_len=MAX_NEW)
+    assert tokens == _generated(expected, ours.model.config.eos_id)
+    assert len({len(t) for t in tokens}) > 1

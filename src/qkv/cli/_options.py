@@ -17,10 +17,12 @@ from typing import Any, BinaryIO, NoReturn
 
 __all__ = [
     "Parser",
+    "add_compile",
     "add_inference_options",
     "add_json",
     "add_overwrite",
     "add_progress",
+    "add_training_speed",
     "device",
     "finite_float",
     "inference_device",
@@ -33,6 +35,7 @@ __all__ = [
     "probability",
     "progress_option",
     "read_lines",
+    "training_speed",
 ]
 
 
@@ -175,6 +178,16 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_compile(parser: argparse.ArgumentParser) -> None:
+    """``--compile``, on the commands that run a BERT or a ViT (:mod:`qkv.compile`)."""
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the model with torch.compile: the first batch of each new shape waits "
+        "for compilation, later ones may run faster (a GPU gains most); the same results",
+    )
+
+
 def inference_device(options: argparse.Namespace) -> tuple[Any, Any]:
     """(torch device, torch dtype) of :func:`add_inference_options`' choices.
 
@@ -227,6 +240,30 @@ def add_overwrite(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start afresh in a run directory that already holds a run (its files are replaced)",
     )
+
+
+def add_training_speed(parser: argparse.ArgumentParser) -> None:
+    """``--compile`` and ``--checkpoint-activations`` of the training commands (read back
+    with :func:`training_speed`)."""
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="train through torch.compile (the first steps wait for compilation)",
+    )
+    parser.add_argument(
+        "--checkpoint-activations",
+        action="store_true",
+        help="recompute each layer's activations in the backward pass: less memory, "
+        "about a third more compute",
+    )
+
+
+def training_speed(options: argparse.Namespace) -> dict[str, bool]:
+    """``compile=`` and ``checkpoint_activations=`` for the tasks' training functions."""
+    return {
+        "compile": options.compile,
+        "checkpoint_activations": options.checkpoint_activations,
+    }
 
 
 def overwrite_option(function: Callable[..., Any], overwrite: bool) -> dict[str, bool]:

@@ -34,10 +34,12 @@ from typing import Any
 
 from qkv.cli._options import (
     Parser,
+    add_compile,
     add_inference_options,
     add_json,
     add_overwrite,
     add_progress,
+    add_training_speed,
     device,
     inference_device,
     non_negative_int,
@@ -48,6 +50,7 @@ from qkv.cli._options import (
     probability,
     progress_option,
     read_lines,
+    training_speed,
 )
 from qkv.cli._subcommands import add_group_parser, dispatch
 
@@ -109,6 +112,7 @@ def _pretrain_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed", type=non_negative_int, default=0, help="of initialisation, masking, order"
     )
+    add_training_speed(p)
     add_progress(p)
     return p
 
@@ -207,6 +211,7 @@ def _finetune_parser() -> argparse.ArgumentParser:
         "fixed seed, the same for every --seeds",
     )
     p.add_argument("--device", type=device, help="cpu, cuda, ... (default: cuda if available)")
+    add_training_speed(p)
     add_overwrite(p)
     add_progress(p)
     return p
@@ -222,6 +227,7 @@ def _classify_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass")
     add_inference_options(p)
+    add_compile(p)
     add_json(p, "one JSON object per text")
     return p
 
@@ -248,6 +254,7 @@ def _pretrain(argv: list[str]) -> int:
         device=o.device,
         seed=o.seed,
         progress=progress_option(o),
+        **training_speed(o),
         **overwrite_option(pretrain, o.overwrite),
     )
     print(f"{report.steps} steps in {report.seconds:.0f} s; model in {report.model_dir}")
@@ -299,6 +306,7 @@ def _finetune(argv: list[str]) -> int:
         limits=tuple(o.limit) if o.limit else (None, None, None),
         device=o.device,
         progress=progress_option(o),
+        **training_speed(o),
         **overwrite_option(finetune, o.overwrite),
     )
     sizes = report.sizes
@@ -338,7 +346,7 @@ def _classify(argv: list[str]) -> int:
     texts = o.texts or [line.strip() for line in read_lines() if line.strip()]
     if not texts:
         raise ValueError("no text to classify: give texts, or lines on stdin")
-    classifier = Classifier.load(o.checkpoint, device=where, dtype=dtype)
+    classifier = Classifier.load(o.checkpoint, device=where, dtype=dtype, compile=o.compile)
     inputs: list[Any] = _pair_inputs(texts, from_stdin) if classifier.pairs else texts
     predictions = classifier.predict(inputs, batch_size=o.batch_size)
     for text, prediction in zip(inputs, predictions, strict=True):

@@ -34,10 +34,12 @@ import argparse
 
 from qkv.cli._options import (
     Parser,
+    add_compile,
     add_inference_options,
     add_json,
     add_overwrite,
     add_progress,
+    add_training_speed,
     device,
     inference_device,
     non_negative_int,
@@ -45,6 +47,7 @@ from qkv.cli._options import (
     print_json,
     progress_option,
     read_lines,
+    training_speed,
 )
 from qkv.cli.bert import add_recipe_options, add_starting_point
 
@@ -69,6 +72,7 @@ def _finetune_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device", type=device, help="where to train: cpu, cuda, ... (default: cuda if available)"
     )
+    add_training_speed(p)
     add_progress(p)
     add_overwrite(p)
     return p
@@ -80,6 +84,7 @@ def _tag_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", help="texts to tag (default: one per line on stdin)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="texts per forward pass")
     add_inference_options(p)
+    add_compile(p)
     add_json(p, "one JSON object per text")
     return p
 
@@ -128,6 +133,7 @@ def finetune_tokens(argv: list[str]) -> int:
         device=o.device,
         progress=progress_option(o),
         overwrite=o.overwrite,
+        **training_speed(o),
     )
     sizes = ", ".join(f"{name} {n}" for name, n in report.sizes.items())
     print(f"from {report.source}: {len(report.labels)} tags, sentences: {sizes}")
@@ -159,7 +165,7 @@ def tag(argv: list[str]) -> int:
         texts = read_lines()
         if not any(line.split() for line in texts):
             raise ValueError("no text to tag: give texts, or lines on stdin")
-    tagger = Tagger.load(o.model, device=where, dtype=dtype)
+    tagger = Tagger.load(o.model, device=where, dtype=dtype, compile=o.compile)
     for begin in range(0, len(texts), o.batch_size):
         # Printed batch by batch, so a pipe's reader gets the first results early.
         for tagged in tagger.tag(texts[begin : begin + o.batch_size], batch_size=o.batch_size):

@@ -42,6 +42,7 @@ from typing import Any
 
 from qkv.cli._options import (
     HelpFormatter,
+    add_compile,
     add_inference_options,
     add_json,
     add_progress,
@@ -119,6 +120,7 @@ def add_parser(subparsers: Any) -> None:
         "--values", type=non_negative_int, default=8, help="values to show per embedding"
     )
     add_inference_options(parser)
+    add_compile(parser)
     add_json(parser)
     add_progress(parser)
     parser.set_defaults(run=run)
@@ -227,7 +229,12 @@ def run(args: argparse.Namespace) -> int:
     from qkv.tasks.bert.embed import nearest
 
     encoder = SentenceEncoder.load(
-        args.model, device=device, dtype=dtype, pooling=args.pooling, normalize=args.normalize
+        args.model,
+        device=device,
+        dtype=dtype,
+        pooling=args.pooling,
+        normalize=args.normalize,
+        compile=args.compile,
     )
     progress = progress_option(args)
     if args.query is not None:

@@ -50,6 +50,7 @@ from qkv.cli._options import (
     add_json,
     add_overwrite,
     add_progress,
+    add_training_speed,
     device,
     inference_device,
     non_negative_float,
@@ -58,6 +59,7 @@ from qkv.cli._options import (
     positive_int,
     print_json,
     progress_option,
+    training_speed,
 )
 from qkv.cli._subcommands import add_group_parser, dispatch
 
@@ -175,6 +177,7 @@ def _train_parser() -> argparse.ArgumentParser:
         "--beam", type=positive_int, default=4, help="beam size of the final test scoring"
     )
     p.add_argument("--test-limit", type=positive_int, help="score only the first N test sentences")
+    add_training_speed(p)
     add_progress(p)
     return p
 
@@ -305,6 +308,12 @@ def _translate_parser() -> argparse.ArgumentParser:
     )
     add_json(p, what="one JSON object per input line")
     add_inference_options(p)
+    p.add_argument(
+        "--no-cuda-graphs",
+        action="store_true",
+        help="on a CUDA device, run every decoder step as separate kernels instead of "
+        "replaying it as a captured CUDA graph (the default there)",
+    )
     return p
 
 
@@ -461,6 +470,7 @@ def _train(argv: list[str]) -> int:
         device=options.device,
         seed=options.seed,
         progress=progress_option(options),
+        **training_speed(options),
         **overwrite_option(train_translator, options.overwrite),
     )
     if not is_main_process():  # torchrun: the main process scores
@@ -568,6 +578,8 @@ def _translate(argv: list[str]) -> int:
     translator = load_translator(
         options.checkpoint, average_last=options.average, device=where, dtype=dtype
     )
+    if options.no_cuda_graphs:
+        translator.cuda_graphs = False
     logging.getLogger(__name__).info(
         "translating %s -> %s on %s", translator.src_lang, translator.tgt_lang, where
     )

@@ -49,10 +49,12 @@ from typing import Any
 
 from qkv.cli._options import (
     Parser,
+    add_compile,
     add_inference_options,
     add_json,
     add_overwrite,
     add_progress,
+    add_training_speed,
     device,
     inference_device,
     non_negative_int,
@@ -60,6 +62,7 @@ from qkv.cli._options import (
     positive_int,
     print_json,
     progress_option,
+    training_speed,
 )
 from qkv.cli._subcommands import add_group_parser, dispatch
 
@@ -137,6 +140,7 @@ def _train(argv: list[str]) -> int:
     p.add_argument(
         "--seed", type=non_negative_int, default=0, help="seed of the weights and batches"
     )
+    add_training_speed(p)
     add_progress(p)
     o = p.parse_args(argv)
     report = train_vit(
@@ -156,6 +160,7 @@ def _train(argv: list[str]) -> int:
         skip_bad_files=o.skip_bad_files,
         from_checkpoint=o.from_checkpoint,
         image_size=o.image_size,
+        **training_speed(o),
         **overwrite_option(train_vit, o.overwrite),
     )
     if report is None:  # not the main process of a torchrun run
@@ -198,10 +203,11 @@ def _eval(argv: list[str]) -> int:
         help="average each image with its mirror image (default: as the run was trained)",
     )
     add_inference_options(p)
+    add_compile(p)
     add_json(p, "one JSON object with the scores")
     o = p.parse_args(argv)
     where, dtype = inference_device(o)
-    classifier = load_classifier(o.checkpoint, device=where, dtype=dtype)
+    classifier = load_classifier(o.checkpoint, device=where, dtype=dtype, compile=o.compile)
     classifier.test_flip = classifier.test_flip or o.test_flip
     config = classifier.config
     size = dict(image_size=config.image_size, channels=config.in_channels)
@@ -276,10 +282,11 @@ def _classify(argv: list[str]) -> int:
     p.add_argument("images", nargs="+", help="image files, or fashion-mnist:N / digits:N")
     p.add_argument("--top", type=positive_int, default=5, help="classes to show per image")
     add_inference_options(p)
+    add_compile(p)
     add_json(p)
     o = p.parse_intermixed_args(argv)
     where, dtype = inference_device(o)
-    classifier = load_classifier(o.checkpoint, device=where, dtype=dtype)
+    classifier = load_classifier(o.checkpoint, device=where, dtype=dtype, compile=o.compile)
     images = torch.stack([_read(source, classifier) for source in o.images])  # (b, c, H, W)
     for source, prediction in zip(o.images, classifier.classify(images, o.top), strict=True):
         if o.json:

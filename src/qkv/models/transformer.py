@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.config import ConfigDict
@@ -27,6 +28,11 @@ from qkv.layers import (
     Encoder,
     EncoderLayer,
     EncoderOutput,
+    StaticDecoderCache,
+    kept_weights,
+    pack_weight,
+    packed_linear,
+    packs_bf16_weights,
 )
 from qkv.losses import IGNORE_INDEX, cross_entropy
 from qkv.masks import padding_mask_from_ids
@@ -184,10 +190,15 @@ class Transformer(nn.Module):
             return LearnedPositionalEmbedding(c.d_model, c.max_len)
         return SinusoidalPositionalEncoding(c.d_model, c.max_len, layout=c.sinusoid_layout)
 
-    def logits(self, hidden: Tensor) -> Tensor:
+    def logits(self, hidden: Tensor, *, cache: StaticDecoderCache | None = None) -> Tensor:
         """The decoder's output ``(..., d)`` -> vocabulary logits ``(..., V)``: the output
-        projection, plus the final logits bias when the model has one."""
-        logits = self.output_proj(hidden)
+        projection, plus the final logits bias when the model has one. ``cache``: the
+        static cache of the step, whose packed copy of the projection is used if it has
+        one (bf16 on a CPU)."""
+        if cache is not None and cache.output_weight is not None:
+            logits = packed_linear(hidden, cache.output_weight, None)
+        else:
+            logits = self.output_proj(hidden)
         if self.final_logits_bias is not None:
             logits = logits + self.final_logits_bias.to(logits.dtype)
         return logits
@@ -237,6 +248,58 @@ class Transformer(nn.Module):
         """An empty cache for :meth:`decode`, one token at a time."""
         return self.decoder.init_cache()
 
+    @property
+    def supports_static_cache(self) -> bool:
+        """Whether :meth:`init_static_cache` works for this model: plain decoder layers
+        and a sinusoidal or learned target positional encoding."""
+        positional = (SinusoidalPositionalEncoding, LearnedPositionalEmbedding)
+        return self.decoder.supports_static_cache and isinstance(self.tgt_positional, positional)
+
+    def init_static_cache(
+        self, memory: Tensor, memory_key_padding_mask: Tensor | None, max_len: int
+    ) -> StaticDecoderCache:
+        """A cache for :meth:`decode` allocated once for ``max_len`` new tokens and written
+        in place (:class:`~qkv.layers.StaticDecoderCache`), with the cross-attention keys
+        and values of ``memory`` projected now. :meth:`decode` then takes one token per
+        row and step, and reads neither ``memory`` nor its mask again.
+
+        Shape: memory ``(b, k, d)``, memory_key_padding_mask ``(b, k)`` True = real token.
+        """
+        if not self.supports_static_cache:
+            raise ValueError(
+                "this model cannot use a static cache (wrapped decoder layers or another "
+                "positional encoding): use init_cache()"
+            )
+        if max_len > self.config.max_len:
+            raise ValueError(
+                f"max_len ({max_len}) exceeds the model's {self.config.max_len} positions"
+            )
+        cache = self.decoder.init_static_cache(memory, memory_key_padding_mask, max_len)
+        projection = self.output_proj
+        if projection.bias is None and packs_bf16_weights(memory.device, memory.dtype):
+            packed = kept_weights(projection, True, lambda: pack_weight(projection.weight))
+            cache.output_weight = packed  # type: ignore[assignment]
+        return cache
+
+    def _decode_static(self, tgt_ids: Tensor, cache: StaticDecoderCache) -> DecoderOutput:
+        """One token per row through the decoder with a static cache (see :meth:`decode`):
+        embedding and position taken by tensor index, so that the step can be captured."""
+        if tgt_ids.dim() != 2 or tgt_ids.shape[1] != 1:
+            raise ValueError(
+                f"with a static cache tgt_ids must be (batch, 1), got {tuple(tgt_ids.shape)}"
+            )
+        embed = self.tgt_embed
+        x = F.embedding(tgt_ids, embed.weight)  # (b, 1, d)
+        if embed.multiplier != 1.0:
+            x = x * embed.multiplier
+        positional = self.tgt_positional
+        if isinstance(positional, SinusoidalPositionalEncoding):
+            table = positional.encoding
+        else:
+            table = positional.embedding.weight
+        x = x + table.index_select(0, cache.position).to(x.dtype)  # (b, 1, d) + (1, d)
+        return DecoderOutput(self.decoder.step(x, cache))
+
     def decode(
         self,
         tgt_ids: Tensor,
@@ -244,17 +307,29 @@ class Transformer(nn.Module):
         *,
         memory_key_padding_mask: Tensor | None = None,
         tgt_key_padding_mask: Tensor | None = None,
-        cache: DecoderCache | None = None,
+        cache: DecoderCache | StaticDecoderCache | None = None,
         need_weights: bool | Sequence[int] = False,
         validate: bool = False,
     ) -> DecoderOutput:
         """Run the decoder on target ids (the new ones only, with a ``cache``).
+
+        With a :class:`~qkv.layers.StaticDecoderCache` (:meth:`init_static_cache`):
+        one token per row, ``memory`` and ``memory_key_padding_mask`` are not read (the
+        cache holds what the decoder needs of them), no target mask, no weights, and
+        the model must be in eval mode.
 
         Shape: tgt_ids ``(b, q)``, memory ``(b, k, d)``, masks ``(b, k)`` and
         ``(b, q_total)``, True = real token. Returns ``last_hidden_state``
         ``(b, q, d)``; :meth:`logits` turns it into logits. ``validate``: check
         that every id is in the vocabulary (see :meth:`forward`).
         """
+        if isinstance(cache, StaticDecoderCache):
+            if self.training or need_weights is not False or tgt_key_padding_mask is not None:
+                raise ValueError(
+                    "a static cache is for inference: model.eval(), no need_weights, "
+                    "no tgt_key_padding_mask"
+                )
+            return self._decode_static(tgt_ids, cache)
         offset = 0 if cache is None else cache.offset
         if tgt_key_padding_mask is not None and self.config.bos_id == self.config.pad_id:
             # The decoder starts with the pad id (Marian): position 0 is a real token,

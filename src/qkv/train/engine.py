@@ -8,12 +8,21 @@ What the caller gives:
   the number of targets it sums over (tokens, images);
 - optionally ``evaluate(model) -> {name: value}``, run every ``eval_every`` steps.
 
-What the engine does: AdamW; a warm-up schedule; gradient accumulation;
+What the engine does: AdamW (fused where the device has it: :func:`qkv.train.optim.adamw`);
+a warm-up schedule; gradient accumulation;
 gradient clipping; mixed precision (bf16 autocast on CPU and CUDA, fp16 with a
 gradient scaler on CUDA); checkpoints every ``checkpoint_every`` steps, and resume
 from the last one continuing the same loss curve; a progress bar; metrics in a
 CSV; a loss-curve PNG; data parallel across ``torchrun`` processes. A loss that
 becomes NaN or infinite stops the run, keeping the last good checkpoint.
+
+Two options trade something for speed or memory, and change no result beyond float
+rounding: ``compile`` runs the training forward and backward through
+``torch.compile`` (the first steps, and every new batch shape until the compiler
+makes the shapes dynamic, wait for compilation); ``checkpoint_activations`` recomputes
+each encoder and decoder layer's activations in the backward pass instead of keeping
+them (:mod:`qkv.train.checkpointing`: less memory for about a third more compute).
+Neither is part of a run's identity: a run may resume with them on or off.
 
 Why summed losses: an optimizer step averages over every target of every
 micro-batch on every process. Dividing each micro-batch by its own size would
@@ -50,6 +59,7 @@ from qkv.train.checkpoint import (
 )
 from qkv.train.distributed import DistributedContext, all_reduce_sum, init_distributed
 from qkv.train.metrics import MetricsLog, plot_curves
+from qkv.train.optim import AdamWKind, adamw, load_optimizer_state
 from qkv.train.schedules import Schedule, make_scheduler
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "TrainingDiverged", "TrainingInterrupted"]
@@ -150,6 +160,11 @@ class Trainer:
         device: default CUDA when available, else CPU.
         parameter_groups: optional optimizer parameter groups (e.g. no weight decay
             on norms and biases); default all parameters.
+        compile: train through ``torch.compile(model)`` (evaluation stays eager).
+        checkpoint_activations: checkpoint every encoder and decoder layer
+            (:func:`qkv.train.checkpointing.checkpoint_layers`).
+        adamw_kind: the AdamW implementation (:func:`qkv.train.optim.adamw`); default
+            the fastest the device has.
     """
 
     def __init__(
@@ -165,6 +180,9 @@ class Trainer:
         device: str | torch.device | None = None,
         parameter_groups: list[dict[str, Any]] | None = None,
         progress: bool | None = None,
+        compile: bool = False,
+        checkpoint_activations: bool = False,
+        adamw_kind: AdamWKind | None = None,
     ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
@@ -173,17 +191,23 @@ class Trainer:
         if config.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision fp16 needs CUDA (no fast fp16 on CPU); use bf16")
         self.model = model.to(self.device)
+        if checkpoint_activations:
+            from qkv.train.checkpointing import checkpoint_layers
+
+            checkpoint_layers(self.model)
+        self.compile = compile
         self.batches = batches
         self.loss_fn = loss_fn
         self.evaluate = evaluate
         self.meta = meta or {}
         self.progress = progress
-        self.optimizer = torch.optim.AdamW(
+        self.optimizer = adamw(
             parameter_groups if parameter_groups is not None else model.parameters(),
             lr=config.lr,
             betas=config.betas,
             eps=config.eps,
             weight_decay=config.weight_decay,
+            kind=adamw_kind,
         )
         self.scheduler = make_scheduler(
             self.optimizer,
@@ -236,7 +260,7 @@ class Trainer:
             return None
         load_weights(self.model, checkpoint.path)
         state = load_trainer_state(checkpoint.path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
@@ -295,6 +319,10 @@ class Trainer:
         model: nn.Module = self.model
         if context.enabled:
             model = DistributedDataParallel(self.model)
+        if self.compile:
+            # Compiled around the DDP wrapper, so that DDP's gradient buckets stay as
+            # they are; the loss functions call the model, so the loss is compiled too.
+            model = torch.compile(model)  # type: ignore[assignment]
         stream = self._stream()
         bar = tqdm(
             total=config.max_steps,
@@ -328,6 +356,10 @@ class Trainer:
 
     def _stop_requested(self, stop: _StopSignals) -> bool:
         """True once a stop signal came, to any process (they all stop at the same step)."""
+        if not self.context.enabled:
+            # One process: no tensor, no wait for the device (on CUDA, reading one back
+            # every step would stall the queue of kernels).
+            return stop.received is not None
         flag = torch.tensor(float(stop.received or 0), dtype=torch.float64, device=self.device)
         total = all_reduce_sum(flag, self.context)
         if total.item() and stop.received is None:  # another process got it
@@ -400,12 +432,18 @@ class Trainer:
         # DDP averaged the gradients over processes; turn the sum of summed
         # losses into the mean over every target of the step.
         scale = self.context.world_size / max(targets, 1.0)
-        for p in self.model.parameters():
-            if p.grad is not None:
-                p.grad.mul_(scale)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         grad_norm = None
-        if config.grad_clip is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        if config.grad_clip is not None and grads:
+            # The mean and the clipping in one pass over the gradients: the norm of the
+            # scaled gradients is ``scale`` times that of the sums (as
+            # ``clip_grad_norm_`` computes it, without a host synchronisation).
+            norms = torch._foreach_norm(grads)  # one kernel per device and dtype, not per tensor
+            grad_norm = torch.linalg.vector_norm(torch.stack([n.float() for n in norms])) * scale
+            clip = (config.grad_clip / (grad_norm + 1e-6)).clamp(max=1.0)
+            torch._foreach_mul_(grads, clip * scale)
+        elif grads:
+            torch._foreach_mul_(grads, scale)
         lr = self.scheduler.get_last_lr()[0]
         self.scaler.step(self.optimizer)
         self.scaler.update()

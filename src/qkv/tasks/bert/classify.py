@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from qkv.compile import compile_model
 from qkv.convert.bert import from_pretrained
 from qkv.convert.common import CheckpointError
 from qkv.data.text import Text
@@ -134,10 +135,12 @@ class Classifier:
         *,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        compile: bool = False,
     ) -> Classifier:
         """From a fine-tuned checkpoint folder, on ``device`` in ``dtype``; inputs are
         truncated to the length the model was trained with (``model_max_length`` of
-        ``tokenizer_config.json``)."""
+        ``tokenizer_config.json``). ``compile``: through ``torch.compile``
+        (:func:`qkv.compile.compile_model`, one program for every batch length)."""
         path = checkpoint_dir(path)
         # Without its trained head a classifier answers at random: refuse it.
         if (path / "config.json").is_file() and not has_trained_head(path):
@@ -156,7 +159,7 @@ class Classifier:
             from qkv.convert.common import read_json
 
             pairs = read_json(path / TASK_FILE).get("text_pair_column") is not None
-        model = model.to(device=device, dtype=dtype).eval()
+        model = compile_model(model.to(device=device, dtype=dtype).eval(), compile, dynamic=True)
         return cls(model, WordPieceTokenizer.from_pretrained(path), max_length, pairs)
 
     @torch.inference_mode()

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qkv.compile import compile_model
 from qkv.convert.bert import from_pretrained
 from qkv.data.wordpiece import WordPieceTokenizer
 from qkv.models.bert import BertModel
@@ -223,17 +224,21 @@ class SentenceEncoder:
         dtype: torch.dtype | None = None,
         pooling: str | None = None,
         normalize: bool | None = None,
+        compile: bool = False,
     ) -> SentenceEncoder:
         """From a checkpoint folder (default: the installed all-MiniLM-L6-v2), pooled
         as its sentence-transformers files say (:func:`read_pooling`) unless ``pooling``
         (one of :data:`POOLING_MODES`) or ``normalize`` say otherwise. ``dtype``: the
-        model's number format (bf16 and fp16 run the model; pooling is in float32)."""
+        model's number format (bf16 and fp16 run the model; pooling is in float32).
+        ``compile``: through ``torch.compile`` (:func:`qkv.compile.compile_model`, one
+        program for every batch length)."""
         if pooling is not None and pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {', '.join(POOLING_MODES)}, got {pooling!r}")
         path = checkpoint_dir(path) if path is not None else minilm_path()
         spec = read_pooling(path, mode=pooling)  # before the weights: a bad file fails fast
         model = from_pretrained(path).to(device=device, dtype=dtype).eval()
         assert isinstance(model, BertModel)
+        model = compile_model(model, compile, dynamic=True)
         mode = pooling or (spec.mode if spec else "mean")
         unit = normalize if normalize is not None else (spec.normalize if spec else False)
         if spec is None and (pooling is None or normalize is None):

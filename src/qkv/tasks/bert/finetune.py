@@ -232,6 +232,8 @@ def finetune(
     device: str | None = None,
     progress: bool | None = None,
     overwrite: bool = False,
+    compile: bool = False,
+    checkpoint_activations: bool = False,
 ) -> FinetuneReport:
     """Fine-tune a sequence classifier on ``dataset`` (``bbc`` or ``tweets``), or on the
     user's ``data_files``, once per seed.
@@ -253,6 +255,8 @@ def finetune(
         device: where to train; the test set is scored there too.
         overwrite: replace a run already in ``run_dir`` (else such a folder is refused:
             :mod:`qkv.train.rundir`; fine-tuning does not resume).
+        compile, checkpoint_activations: train through ``torch.compile``; recompute
+            each layer's activations in the backward pass (:class:`qkv.train.Trainer`).
 
     Each seed writes ``run_dir/seed-N/`` (the engine's checkpoints and metrics) and
     ``run_dir/seed-N/model/`` (the classifier, Hugging Face format, with its tokenizer,
@@ -301,7 +305,7 @@ def finetune(
         return _finetune_seeds(
             Path(run_dir), report, recipe, tok, list(data.label_names), (train, valid, test),
             source=source, preset=preset, seeds=seeds, device=device, progress=progress,
-            task=task,
+            task=task, compile=compile, checkpoint_activations=checkpoint_activations,
         )  # fmt: skip
 
 
@@ -348,6 +352,7 @@ def _finetune_seeds(
     device: str | None,
     progress: bool | None,
     task: dict[str, Any],
+    **speed: bool,
 ) -> FinetuneReport:
     """One fine-tuning per seed into ``run_dir/seed-N``, filling ``report`` (the run
     directory is open). The test set is scored where the model trained (the engine
@@ -360,8 +365,9 @@ def _finetune_seeds(
         seed_dir = Path(run_dir) / f"seed-{seed}"
         start = time.perf_counter()
         report.valid_accuracy[seed] = _train_classifier(
-            classifier, train, valid, recipe, seed_dir, seed, device=device, progress=progress
-        )
+            classifier, train, valid, recipe, seed_dir, seed, device=device,
+            progress=progress, **speed,
+        )  # fmt: skip
         report.seconds[seed] = time.perf_counter() - start
         report.test_accuracy[seed] = classifier.accuracy(test)
         report.model_dirs[seed] = seed_dir / MODEL_DIR

@@ -161,6 +161,8 @@ def pretrain(
     seed: int = 0,
     device: str | None = None,
     progress: bool | None = None,
+    compile: bool = False,
+    checkpoint_activations: bool = False,
 ) -> PretrainReport:
     """Pretrain a BERT from scratch on the masked-LM task into ``run_dir``.
 
@@ -174,6 +176,8 @@ def pretrain(
         resume: continue from the last checkpoint in ``run_dir``, with its vocabulary.
         overwrite: replace a run already in ``run_dir`` (without ``resume`` or this, such
             a folder is refused: :mod:`qkv.train.rundir`).
+        compile, checkpoint_activations: train through ``torch.compile``; recompute
+            each layer's activations in the backward pass (:class:`qkv.train.Trainer`).
 
     The engine's checkpoints and ``metrics.csv`` go to ``run_dir``; the model, Hugging
     Face format with its tokenizer, to ``run_dir/model`` when training ends; the held-out
@@ -220,7 +224,8 @@ def pretrain(
     with open_run_dir(run_dir, resume=resume, overwrite=overwrite, identity=identity,
                       create=create):  # fmt: skip
         return _pretrain(run_dir, recipe, tok, batches, eval_batches, resume=resume,
-                         seed=seed, device=device, progress=progress)  # fmt: skip
+                         seed=seed, device=device, progress=progress, compile=compile,
+                         checkpoint_activations=checkpoint_activations)  # fmt: skip
 
 
 def _tokenizer(
@@ -257,6 +262,7 @@ def _pretrain(
     seed: int,
     device: str | None,
     progress: bool | None,
+    **speed: bool,
 ) -> PretrainReport:
     """Build the model, train, save it and the held-out figures (the run directory is open)."""
     model_dir = run_dir / MODEL_DIR
@@ -276,6 +282,7 @@ def _pretrain(
         device=device,
         parameter_groups=parameter_groups(model, recipe.train.weight_decay),
         progress=progress,
+        **speed,
     )
     start = time.perf_counter()
     result = trainer.fit(resume=resume)

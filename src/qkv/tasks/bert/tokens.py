@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from qkv.compile import compile_model
 from qkv.convert.bert import (
     config_from_hf,
     from_pretrained,
@@ -309,11 +310,13 @@ class Tagger:
         *,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
+        compile: bool = False,
     ) -> Tagger:
         """From a fine-tuned checkpoint folder (or a ``finetune-tokens`` run directory);
         windows are as long as the model was trained with (``model_max_length`` of
         ``tokenizer_config.json``). ``dtype``: the model's number format (default: as
-        saved, float32)."""
+        saved, float32). ``compile``: through ``torch.compile``
+        (:func:`qkv.compile.compile_model`, one program for every window length)."""
         path = checkpoint_dir(path)
         architectures = read_config(path).get("architectures") or [ARCHITECTURE]
         if not set(ARCHITECTURES) & set(architectures):
@@ -333,7 +336,7 @@ class Tagger:
             json.loads((path / CONFIG_FILE).read_text()) if (path / CONFIG_FILE).is_file() else {}
         )
         max_length = settings.get("model_max_length", model.config.max_length)
-        model = model.to(device=device, dtype=dtype).eval()
+        model = compile_model(model.to(device=device, dtype=dtype).eval(), compile, dynamic=True)
         return cls(model, WordPieceTokenizer.from_pretrained(path), max_length)
 
     @torch.inference_mode()
@@ -468,6 +471,8 @@ def finetune_tokens(
     device: str | None = None,
     progress: bool | None = None,
     overwrite: bool = False,
+    compile: bool = False,
+    checkpoint_activations: bool = False,
 ) -> TokensReport:
     """Fine-tune a token classifier on the CoNLL-style file ``train``; score it on
     ``valid`` (after each epoch and at the end) and ``test`` (at the end, on the training
@@ -483,6 +488,8 @@ def finetune_tokens(
             folder or file), or else a WordPiece vocabulary trained on the train words.
         seed: the head's initialisation, dropout and the order of the data.
         overwrite: replace a run already in ``run_dir`` (fine-tuning does not resume).
+        compile, checkpoint_activations: train through ``torch.compile``; recompute
+            each layer's activations in the backward pass (:class:`qkv.train.Trainer`).
 
     Writes into ``run_dir``: the engine's checkpoints and metrics, ``model/`` (the
     tagger, Hugging Face format, with its tokenizer and tags) and ``results.json``. The
@@ -545,6 +552,8 @@ def finetune_tokens(
             parameter_groups=parameter_groups(model, recipe.train.weight_decay),
             device=device,
             progress=progress,
+            compile=compile,
+            checkpoint_activations=checkpoint_activations,
         ).fit()
         seconds = time.perf_counter() - start
         report = TokensReport(

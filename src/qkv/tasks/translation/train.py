@@ -243,6 +243,8 @@ def train_translator(
     seed: int = 0,
     progress: bool | None = None,
     start_from: str | Path | None = None,
+    compile: bool = False,
+    checkpoint_activations: bool = False,
 ) -> TrainResult:
     """Train a translator into ``run_dir``.
 
@@ -259,6 +261,9 @@ def train_translator(
 
     ``start_from``: a Hugging Face Marian folder to fine-tune (its model and tokenizer;
     ``vocab_size`` does not apply). The recipe gives the training settings only.
+
+    ``compile`` trains through ``torch.compile``; ``checkpoint_activations`` recomputes
+    each layer's activations in the backward pass (:class:`qkv.train.Trainer`).
 
     The options, the corpus and the tokenizer are settled before ``run_dir`` is touched.
     """
@@ -338,7 +343,8 @@ def train_translator(
     ):
         return _train(run_dir, recipe, prepared, tokenizer, resume=resume, device=device,
                       seed=seed, progress=progress,
-                      model=None if start is None else start.model)  # fmt: skip
+                      model=None if start is None else start.model, compile=compile,
+                      checkpoint_activations=checkpoint_activations)  # fmt: skip
 
 
 class _Start:
@@ -472,6 +478,7 @@ def _train(
     seed: int,
     progress: bool | None,
     model: Transformer | None = None,
+    **speed: bool,
 ) -> TrainResult:
     """Build the model (or take ``model``, a Marian one to fine-tune) and train it (the
     run directory is open)."""
@@ -517,5 +524,6 @@ def _train(
         },
         device=device,
         progress=progress,
+        **speed,
     )
     return trainer.fit(resume=resume)

@@ -54,6 +54,9 @@ class Translator:
     ``style``): ``"gnmt"`` for qkv's own models, ``"hugging_face"`` for Marian models,
     so that they translate as ``transformers``' ``generate`` does. Its default length
     penalty follows: 0.6 (GNMT's α) or 1.0 (``generate``'s).
+
+    ``cuda_graphs``: replay each decoder step as a CUDA graph (see
+    :func:`qkv.decoding.greedy_decode`); ``None``: on for a model on a CUDA device.
     """
 
     model: Transformer
@@ -67,6 +70,9 @@ class Translator:
     # user's files, so ``qkv translate eval`` finds the test split. None when not recorded.
     data: dict[str, Any] | None = None
     search: Literal["gnmt", "hugging_face"] = "gnmt"
+    # Decoder steps replayed as CUDA graphs (qkv.decoding's ``cuda_graphs``): None, on
+    # when the model is on a CUDA device; False, off.
+    cuda_graphs: bool | None = None
 
     def __post_init__(self) -> None:
         source, _, target = self.direction.partition("-")
@@ -169,7 +175,7 @@ class Translator:
             src = pad_ids([encoded[i] for i in chunk], self.model.config.pad_id)  # (b, k)
             src = src.to(self.device)
             # The decoder's start and end ids are the model's (config.bos_id, eos_id).
-            common: dict[str, Any] = dict(max_len=max_length)
+            common: dict[str, Any] = dict(max_len=max_length, cuda_graphs=self.cuda_graphs)
             if sample:
                 result = sample_decode(
                     self.model,

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qkv.compile import compile_model
 from qkv.data.image_folder import read_image_file
 from qkv.data.images import ImageSet, image_batches, normalize
 from qkv.families import identify
@@ -211,11 +212,13 @@ def load_classifier(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    compile: bool = False,
 ) -> Classifier:
     """Load a classifier from a qkv run directory (its latest checkpoint), a checkpoint,
     or a Hugging Face ``ViTForImageClassification`` folder (its image processor from
     ``preprocessor_config.json``, its class names from ``id2label``), onto ``device`` in
-    ``dtype`` (probabilities still come back as float32)."""
+    ``dtype`` (probabilities still come back as float32); ``compile``: through
+    ``torch.compile`` (:func:`qkv.compile.compile_model`)."""
     found = identify(path, expect="vit")
     if found.hugging_face:
         from qkv.convert.vit import from_pretrained, label_names, load_image_processor
@@ -243,7 +246,7 @@ def load_classifier(
         data, crop = meta.get("data"), True
         processor = None
     return Classifier(
-        model.to(device=device, dtype=dtype).eval(),
+        compile_model(model.to(device=device, dtype=dtype).eval(), compile),
         torch.tensor(mean, dtype=torch.float32),
         torch.tensor(std, dtype=torch.float32),
         max_value,

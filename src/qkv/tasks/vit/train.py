@@ -92,6 +92,8 @@ def train_vit(
     skip_bad_files: bool = False,
     from_checkpoint: str | Path | None = None,
     image_size: int | None = None,
+    compile: bool = False,
+    checkpoint_activations: bool = False,
 ) -> TrainReport | None:
     """Train a ViT classifier into ``run_dir`` and score it on the test split.
 
@@ -109,6 +111,9 @@ def train_vit(
     trained ViT on them; ``image_size`` (a multiple of the patch size) replaces the
     preset's or the source's.
 
+    ``compile`` trains through ``torch.compile``; ``checkpoint_activations`` recomputes
+    each layer's activations in the backward pass (:class:`qkv.train.Trainer`).
+
     Under ``torchrun --nproc_per_node N`` each process takes its own batch of
     ``batch_size`` images a step (N × ``batch_size`` in all); the main process scores
     and writes ``report.json`` and returns the report, the others return ``None``.
@@ -122,6 +127,7 @@ def train_vit(
         preset = preset.override({"train.max_steps": max_steps})
     if batch_size is not None:
         preset = preset.override({"batch_size": batch_size})
+    speed = {"compile": compile, "checkpoint_activations": checkpoint_activations}
     run_dir = Path(run_dir)
     if images is not None:
         if data_dir is not None:
@@ -131,6 +137,7 @@ def train_vit(
             test_images=test_images, skip_bad_files=skip_bad_files,
             from_checkpoint=from_checkpoint, image_size=image_size, limit=limit,
             resume=resume, overwrite=overwrite, device=device, seed=seed, progress=progress,
+            **speed,
         )  # fmt: skip
     for given, option in (
         (valid_images, "--valid-images"),
@@ -160,7 +167,8 @@ def train_vit(
     }
     with open_run_dir(run_dir, resume=resume, overwrite=overwrite, identity=identity):
         return _train(run_dir, preset, train_set, valid_set, test_set, mean, std,
-                      resume=resume, device=device, seed=seed, progress=progress)  # fmt: skip
+                      resume=resume, device=device, seed=seed, progress=progress,
+                      **speed)  # fmt: skip
 
 
 def _adapt_source(
@@ -211,6 +219,7 @@ def _train_on_folder(
     device: str | None,
     seed: int,
     progress: bool | None,
+    **speed: bool,
 ) -> TrainReport | None:
     """:func:`train_vit` on the user's folders (its docstring)."""
     # The source is read first: a bad checkpoint is refused before any image is decoded.
@@ -249,7 +258,7 @@ def _train_on_folder(
         return _train(run_dir, preset, train_set, valid_set, test_set, mean, std,
                       resume=resume, device=device, seed=seed, progress=progress,
                       model=model, extra_meta={"data": record, "from": origin},
-                      skipped=data.skipped)  # fmt: skip
+                      skipped=data.skipped, **speed)  # fmt: skip
 
 
 def _train(
@@ -268,6 +277,7 @@ def _train(
     model: ViT | None = None,
     extra_meta: dict[str, Any] | None = None,
     skipped: list[str] | None = None,
+    **speed: bool,
 ) -> TrainReport | None:
     """Build the model (unless one to fine-tune is given), train, score the test split
     (the run directory is open)."""
@@ -321,6 +331,7 @@ def _train(
         device=device,
         parameter_groups=parameter_groups(model, preset.train.weight_decay),
         progress=progress,
+        **speed,
     )
     result = trainer.fit(resume=resume)
     seconds = time.perf_counter() - start

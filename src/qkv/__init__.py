@@ -23,6 +23,7 @@ from qkv.layers import (
     Encoder,
     EncoderLayer,
     FeedForward,
+    StaticDecoderCache,
 )
 from qkv.masks import causal_mask, padding_mask_from_ids
 from qkv.models import Transformer, TransformerConfig
@@ -47,6 +48,7 @@ __all__ = [
     "LearnedPositionalEmbedding",
     "MultiHeadAttention",
     "SinusoidalPositionalEncoding",
+    "StaticDecoderCache",
     "TokenEmbedding",
     "Transformer",
     "TransformerConfig",

@@ -14,11 +14,11 @@ import sys
 from collections.abc import Sequence
 
 from qkv import __version__
-from qkv.cli import attention, bert, embed, explain, export, translate, vit
+from qkv.cli import attention, bert, embed, explain, export, quickstart, translate, vit
 from qkv.cli._errors import describe
 from qkv.cli._options import Parser, positive_int
 
-COMMANDS = (explain, translate, bert, embed, attention, vit, export)
+COMMANDS = (quickstart, explain, translate, bert, embed, attention, vit, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

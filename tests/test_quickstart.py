@@ -126,3 +126,23 @@ def test_a_failing_training_is_one_line_and_stops_the_other(tmp_path, capsys, mo
     assert err.count("\n") == 1
     assert "vit-fashion failed" in (run_dir / "logs" / "vit-fashion.log").read_text()
     assert not (run_dir / "summary.json").exists()
+
+
+def test_a_second_tour_into_the_same_folder_is_refused_while_one_runs(
+    tmp_path, capsys, monkeypatch
+):
+    """One writer per folder: a live tour's lock refuses another, --overwrite or not."""
+    monkeypatch.setattr("qkv.tasks.quickstart.check_data", lambda: None)
+    import json as _json
+    import os as _os
+    import socket as _socket
+    import time as _time
+
+    run_dir = tmp_path / "tour"
+    run_dir.mkdir()
+    lock = {"pid": _os.getpid(), "host": _socket.gethostname(), "started": _time.time()}
+    (run_dir / "run.lock").write_text(_json.dumps(lock))  # this process: alive
+    assert main(["quickstart", "--run-dir", str(run_dir), "--overwrite"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "is in use by another training" in err and str(run_dir) in err
+    assert sorted(p.name for p in run_dir.iterdir()) == ["run.lock"]

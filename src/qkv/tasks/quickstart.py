@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from qkv.fileio import write_json_atomic, write_text_atomic
+from qkv.train.rundir import LOCK_FILE, one_writer
 
 __all__ = [
     "NEXT_STEPS",
@@ -158,9 +159,7 @@ def check_data() -> None:
 def _prepare(run_dir: Path, overwrite: bool) -> None:
     """Refuse a folder that holds anything, unless ``overwrite``: then the tour's own
     entries are removed (nothing else in the folder is touched)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise NotADirectoryError(f"{run_dir}: not a folder; choose a new --run-dir")
-    held = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    held = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
     if held and not overwrite:
         shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
         raise FileExistsError(
@@ -411,6 +410,21 @@ def run_tour(
     run_dir = Path(run_dir)
     begin = time.perf_counter()
     check_data()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"{run_dir}: not a folder; choose a new --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with one_writer(run_dir):  # one tour per folder: --overwrite never removes a live one
+        return _tour(run_dir, settings, overwrite, say, tick, begin)
+
+
+def _tour(
+    run_dir: Path,
+    settings: TourSettings,
+    overwrite: bool,
+    say: Callable[[str], None],
+    tick: Callable[[str], None] | None,
+    begin: float,
+) -> TourReport:
     _prepare(run_dir, overwrite)
     say("[1-2/4] fine-tuning MiniLM on BBC News and training a ViT on Fashion-MNIST, one "
         "core each (a few minutes)")  # fmt: skip

@@ -33,7 +33,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ __all__ = [
     "RunDirError",
     "describe_run",
     "identity_differences",
+    "one_writer",
     "open_run_dir",
 ]
 
@@ -253,6 +254,13 @@ def _is_temporary_folder(folder: Path) -> bool:
 
 
 # -- the lock -----------------------------------------------------------------------------
+
+
+def one_writer(path: str | os.PathLike[str]) -> AbstractContextManager[None]:
+    """Hold ``path``'s ``run.lock`` for a ``with`` block, for a job that writes a folder
+    without being a training run (the quickstart tour): a second writer is refused naming
+    the owner, a stale lock taken over, as for runs. ``path`` must exist."""
+    return _locked(Path(path))
 
 
 @contextmanager

@@ -24,6 +24,7 @@ Notation:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import torch
@@ -252,6 +253,15 @@ class KVCache:
             self.value = self.value.index_select(0, index)
 
 
+def weights_version(tensors: Iterable[Tensor]) -> tuple[tuple[Any, ...], ...]:
+    """What identifies the current values of ``tensors`` without reading them: each one's
+    address, in-place version counter, dtype and device. It changes when a tensor is
+    replaced (``.to()``, new storage) or written in place (``load_state_dict``, an
+    optimiser step), so whatever was derived from the weights (stacked, packed, captured)
+    is rebuilt exactly when it must be."""
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention (section 3.2.2): ``num_heads`` attentions on
     ``d_model / num_heads``-wide projections, concatenated and projected.
@@ -297,10 +307,10 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
         # The stacked q/k/v weights of the last inference call and what they were
-        # built from (see _stacked_qkv); not a parameter, not saved.
+        # built from (see stacked_qkv); not a parameter, not saved.
         self._stacked: tuple[tuple[Any, ...], Tensor, Tensor | None] | None = None
 
-    def _stacked_qkv(self) -> tuple[Tensor, Tensor | None]:
+    def stacked_qkv(self) -> tuple[Tensor, Tensor | None]:
         """The q, k and v weights (and biases) stacked into one ``(3d, d)`` matrix.
 
         With gradients enabled they are built anew at every call (the gradient flows
@@ -318,7 +328,7 @@ class MultiHeadAttention(nn.Module):
             self._stacked = None
             weight = torch.cat(tensors[:3])
             return weight, torch.cat(tensors[3:]) if len(tensors) > 3 else None
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        key = weights_version(tensors)
         if self._stacked is None or self._stacked[0] != key:
             with torch.no_grad():
                 weight = torch.cat(tensors[:3])
@@ -340,7 +350,7 @@ class MultiHeadAttention(nn.Module):
         # guard, and the program would fail on batches on the other side of it; the
         # compiler can fuse the three projections itself.
         if memory is None and not torch.compiler.is_compiling() and tokens >= self.d_model:
-            weight, bias = self._stacked_qkv()  # (3d, d), (3d,)
+            weight, bias = self.stacked_qkv()  # (3d, d), (3d,)
             q, k, v = F.linear(query, weight, bias).chunk(3, dim=-1)  # 3 × (b, q, d)
         else:
             source = query if memory is None else memory

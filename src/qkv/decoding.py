@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qkv.attention import weights_version
 from qkv.embedding import check_token_ids
 from qkv.layers import DecoderCache, StaticDecoderCache
 from qkv.masks import padding_mask_from_ids
@@ -693,7 +694,7 @@ def _graphed_step(
     length = min(-(-max_steps // _LENGTH_BUCKET) * _LENGTH_BUCKET, model.config.max_len)
     memory = F.pad(memory, (0, 0, 0, source - s))  # (n, S, d), zeros where padded
     memory_mask = F.pad(memory_mask, (0, source - s), value=False)  # (n, S)
-    version = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    version = weights_version(model.parameters())
     state = _GRAPHS.get(model)
     if state is None or state["version"] != version:
         state = {"version": version, "graphs": {}}

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.attention import KVCache, MultiHeadAttention
+from qkv.attention import KVCache, MultiHeadAttention, weights_version
 from qkv.outputs import export_output
 
 __all__ = [
@@ -405,10 +405,7 @@ def _layer_step_weights(layer: DecoderLayer, pack: bool) -> _LayerStep:
     sa, ca, ff = layer.self_attn, layer.cross_attn, layer.feed_forward
     # Stacked once, not per step: a copy of the weights per step would cost about what
     # the three projections of one token do.
-    qkv_weight = torch.cat([sa.q_proj.weight, sa.k_proj.weight, sa.v_proj.weight])
-    qkv_bias = None
-    if sa.q_proj.bias is not None:
-        qkv_bias = torch.cat([sa.q_proj.bias, sa.k_proj.bias, sa.v_proj.bias])
+    qkv_weight, qkv_bias = sa.stacked_qkv()
 
     def w(linear: nn.Linear) -> tuple[Tensor, Tensor | None]:
         return (pack_weight(linear.weight) if pack else linear.weight), linear.bias
@@ -449,7 +446,7 @@ _KEPT: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, object]] = weakref.Weak
 def kept_weights(module: nn.Module, pack: bool, build: Callable[[], object]) -> object:
     """``build()`` (under ``no_grad``), or what it returned before for ``module`` with the
     same parameters and the same ``pack``."""
-    version = (pack, tuple((p.data_ptr(), p._version) for p in module.parameters()))
+    version = (pack, weights_version(module.parameters()))
     kept = _KEPT.get(module)
     if kept is not None and kept[0] == version:
         return kept[1]

@@ -205,6 +205,19 @@ def test_atomic_writes_replace_the_file_whole_or_not_at_all(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["config.json"]  # no temp file left
 
 
+def test_atomic_writes_have_the_permissions_of_a_plain_write(tmp_path):
+    # The temporary file is private (mkstemp); the finished one is not.
+    mask = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "weights.bin") as tmp:
+            tmp.write_bytes(b"x")
+        (tmp_path / "plain.bin").write_bytes(b"x")
+        assert (tmp_path / "weights.bin").stat().st_mode & 0o777 == 0o644
+        assert (tmp_path / "plain.bin").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(mask)
+
+
 def test_seq2seq_batch_counts_targets_without_its_own_padding():
     batch = collate_pairs([([4, 5], [6, 7, 8]), ([4], [6])], pad_id=3, bos_id=1, eos_id=2)
     assert batch.pad_id == 3

@@ -38,9 +38,18 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[Path]:
         # unflushed data can survive a power cut as an empty file under the real name.
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        # mkstemp makes the file readable by its owner only; a file written in place
+        # would have the umask's permissions, and so does this one.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:

@@ -14,6 +14,9 @@ qkv translate runs/de-en --sample --top-p 0.9 --seed 1 "Wie spät ist es?"
 qkv translate opus-mt-de-en/ "Wie spät ist es?"        (a Hugging Face Marian folder)
 qkv translate train --from opus-mt-de-en/ --train de-en.tsv --run-dir runs/ft --steps 500
 qkv translate export-hf runs/ft -o opus-mt-de-en-ft/
+qkv translate train --preset small --direction en-de --run-dir runs/en-de
+qkv translate back-translate runs/en-de -o synthetic.tsv        (English text -> German)
+qkv translate train --preset bt --back-translated synthetic.tsv --run-dir runs/de-en-bt
 
 JSON keys
   qkv translate RUN --json, one object per input line, in input order:
@@ -29,13 +32,15 @@ JSON keys
                  {"translation", "score", "log_prob"} ([] for a blank line)
   qkv translate eval RUN --json, one object, the scores:
     bleu, chrf      corpus BLEU and chrF (sacreBLEU, detokenized text)
-    bleu_signature, chrf_signature   sacreBLEU's signatures of the two
+    bleu_multi      BLEU with each reference's "/" alternatives as several references
+                    (equal to bleu when no reference has one)
+    bleu_signature, bleu_multi_signature, chrf_signature   sacreBLEU's signatures
     sentences       test pairs scored
     beam            the beam size (1: greedy)
     length_penalty  the beam's length penalty exponent
     seconds         decoding time
     src_lang, tgt_lang   the languages' codes, as recorded in the run
-    test            where the test pairs came from (a file, or the run's split)
+    test            where the scored pairs came from (a file, or the run's split)
 """
 
 from __future__ import annotations
@@ -72,7 +77,7 @@ def add_parser(subparsers: Any) -> None:
         "translate",
         help="train, evaluate and use a translator (your corpus or German-English)",
         usage=USAGE,
-        commands="train | eval | export-hf | CHECKPOINT",
+        commands="train | eval | back-translate | export-hf | CHECKPOINT",
         run=run,
     )
 
@@ -137,6 +142,13 @@ def _train_parser() -> argparse.ArgumentParser:
         help="skip and count lines that are not a pair (no tab, an empty side, "
         "not UTF-8) instead of stopping at the first",
     )
+    p.add_argument(
+        "--back-translated",
+        metavar="FILE",
+        help="synthetic pairs to add to training (a TSV written by qkv translate "
+        "back-translate: machine-translated source<TAB>real target), each source "
+        "behind the recipe's tag word",
+    )
     dictionary = p.add_argument_group("the German-English dictionary (the default data)")
     dictionary.add_argument(
         "--direction",
@@ -190,6 +202,14 @@ def _eval_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="score on these pairs: a TSV file, source<TAB>target per line (plain "
         "or .gz) (default: the run's own test split)",
+    )
+    p.add_argument(
+        "--split",
+        choices=("test", "valid"),
+        default="test",
+        help="which of the run's own splits to score without --test: the test split "
+        "(final figures) or the validation split (choosing a beam, a length penalty, "
+        "a recipe)",
     )
     p.add_argument(
         "--skip-bad-lines",
@@ -317,9 +337,12 @@ def _translate_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _test_pairs(translator: Any, test: str | None, data: str | None, skip: bool) -> Any:
-    """The pairs to score and a name for them: ``test`` (a TSV), else the run's own test
-    split: the user's files it recorded, or the dictionary's (``data``, else the run's)."""
+def _test_pairs(
+    translator: Any, test: str | None, data: str | None, skip: bool, split: str = "test"
+) -> Any:
+    """The pairs to score and a name for them: ``test`` (a TSV), else the run's own
+    ``split`` (test or valid): the user's files it recorded, or the dictionary's
+    (``data``, else the run's)."""
     from pathlib import Path
 
     from qkv.data.parallel import ParallelData, ParallelFile
@@ -337,17 +360,20 @@ def _test_pairs(translator: Any, test: str | None, data: str | None, skip: bool)
                 f"{ParallelFile.from_record(record['train']).name}: pass --test FILE"
             )
         own = ParallelData.from_record(record)
-        for file in (own.test, own.train):
+        chosen = own.test if split == "test" else own.valid
+        for file in (chosen, own.train):
             for path in file.paths if file is not None else ():
                 if not Path(path).is_file():
                     raise FileNotFoundError(
                         f"{path}: the run's test data is gone; pass --test FILE"
                     )
-        where = own.test.name if own.test is not None else f"{own.train.name} (test split)"
-        return own.pairs("test"), where
+        where = chosen.name if chosen is not None else f"{own.train.name} ({split} split)"
+        return own.pairs(split), where
     if data is None and record.get("kind") == "dictionary" and record.get("path"):
         data = record["path"]
     corpus = load_translation(data, direction=translator.direction)
+    if split == "valid":
+        return corpus.valid, f"{corpus.path} (valid split)"
     return corpus.test, str(corpus.path)
 
 
@@ -361,6 +387,7 @@ def _report(
     limit: int | None,
     examples: int,
     json: bool = False,
+    label: str = "test set",
 ) -> None:
     import itertools
 
@@ -381,7 +408,9 @@ def _report(
             {
                 "bleu": scores["bleu"],
                 "chrf": scores["chrf"],
+                "bleu_multi": scores["bleu_multi"],
                 "bleu_signature": scores["bleu_signature"],
+                "bleu_multi_signature": scores["bleu_multi_signature"],
                 "chrf_signature": scores["chrf_signature"],
                 "sentences": n,
                 "beam": beam,
@@ -393,9 +422,14 @@ def _report(
             }
         )
         return
-    print(f"test set: {n} sentences ({where}), beam {beam}, decoded in {seconds:.1f} s")
+    print(f"{label}: {n} sentences ({where}), beam {beam}, decoded in {seconds:.1f} s")
     print(f"BLEU {scores['bleu']:.2f}   ({scores['bleu_signature']})")
     print(f"chrF {scores['chrf']:.2f}   ({scores['chrf_signature']})")
+    if scores["bleu_multi"] != scores["bleu"]:
+        print(
+            f"BLEU {scores['bleu_multi']:.2f} with the references' '/' alternatives as "
+            f"references   ({scores['bleu_multi_signature']})"
+        )
     for (source, reference), hypothesis in list(zip(pairs, hypotheses, strict=False))[:examples]:
         print(f"\n  source     {source}\n  reference  {reference}\n  qkv        {hypothesis}")
 
@@ -467,6 +501,7 @@ def _train(argv: list[str]) -> int:
         limit=options.limit,
         vocab_size=options.vocab_size,
         start_from=options.start_from,
+        back_translated=options.back_translated,
         device=options.device,
         seed=options.seed,
         progress=progress_option(options),
@@ -507,9 +542,15 @@ def _eval(argv: list[str]) -> int:
     translator = load_translator(
         options.checkpoint, average_last=options.average, device=where, dtype=dtype
     )
-    pairs, name = _test_pairs(translator, options.test, options.data, options.skip_bad_lines)
+    if options.test is not None and options.split != "test":
+        raise ValueError("--split chooses one of the run's own splits; --test names a file")
+    pairs, name = _test_pairs(
+        translator, options.test, options.data, options.skip_bad_lines, options.split
+    )
     _report(translator, pairs, name, beam=options.beam, length_penalty=options.length_penalty,
-            limit=options.limit, examples=options.examples, json=options.json)  # fmt: skip
+            limit=options.limit, examples=options.examples, json=options.json,
+            label="test set" if options.test is not None or options.split == "test"
+            else "validation set")  # fmt: skip
     return 0
 
 
@@ -698,11 +739,100 @@ def _line_batches(size: int, *, wait: float | None) -> Any:
         yield lines
 
 
+def _back_translate_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="qkv translate back-translate")
+    p.add_argument(
+        "checkpoint",
+        help="the reverse translator: a run (or Marian folder) that translates the "
+        "target-language text into the source language (English->German for a "
+        "German->English model)",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, metavar="FILE",
+        help="the synthetic pairs, translation<TAB>sentence per line (for train "
+        "--back-translated)",
+    )  # fmt: skip
+    p.add_argument(
+        "-i", "--input", metavar="FILE",
+        help="the text to translate, one sentence per line (plain or .gz; blank lines "
+        "skipped); default: the installed English Wikipedia lead sections and BBC News "
+        "articles, cut into sentences",
+    )  # fmt: skip
+    p.add_argument(
+        "--min-words", type=positive_int, default=4,
+        help="with the installed text: the shortest sentence kept, in words",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-words", type=positive_int, default=25,
+        help="with the installed text: the longest sentence kept, in words",
+    )  # fmt: skip
+    p.add_argument("--limit", type=positive_int, help="translate only the first N sentences")
+    p.add_argument("--beam", type=positive_int, default=1, help="the beam size (1: greedy)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=64, help="sentences translated at once"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    add_inference_options(p)
+    add_progress(p)
+    return p
+
+
+def _back_translate(argv: list[str]) -> int:
+    from pathlib import Path
+
+    from qkv.data.sentences import monolingual_sentences
+    from qkv.data.textio import read_lines
+    from qkv.tasks.translation import load_translator
+    from qkv.tasks.translation.backtranslate import back_translate
+
+    options = _back_translate_parser().parse_args(argv)
+    output = Path(options.output)
+    if output.exists() and not options.overwrite:
+        raise FileExistsError(f"{output} exists (pass --overwrite to replace it)")
+    if not output.absolute().parent.is_dir():
+        raise FileNotFoundError(f"{output.absolute().parent}: no such folder (--output)")
+    if options.min_words > options.max_words:
+        raise ValueError("--min-words is larger than --max-words")
+    where, dtype = inference_device(options)
+    reverse = load_translator(options.checkpoint, device=where, dtype=dtype)
+    if options.input is None:
+        if reverse.src_lang != "en":
+            raise ValueError(
+                f"{options.checkpoint} translates from {reverse.src_lang!r}; the installed "
+                "text is English: pass --input FILE with text in its source language"
+            )
+        sentences = monolingual_sentences(min_words=options.min_words, max_words=options.max_words)
+    else:
+        path = Path(options.input)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file (--input)")
+        sentences = [" ".join(line.split()) for line in read_lines(path) if line.strip()]
+        if not sentences:
+            raise ValueError(f"{path}: no sentences (the file is empty or blank)")
+    sentences = sentences[: options.limit]
+    start = time.perf_counter()
+    written = back_translate(
+        reverse, sentences, output, beam_size=options.beam, batch_size=options.batch_size,
+        overwrite=options.overwrite, progress=progress_option(options),
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    print(
+        f"{output}: {written} synthetic pairs ({reverse.tgt_lang}<TAB>{reverse.src_lang}) "
+        f"from {len(sentences)} sentences in {seconds:.0f} s"
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     return dispatch(
         "translate",
         USAGE,
-        {"train": _train, "eval": _eval, "export-hf": _export_hf},
+        {
+            "train": _train,
+            "eval": _eval,
+            "export-hf": _export_hf,
+            "back-translate": _back_translate,
+        },
         list(args.args),
         default=_translate,
         default_parser=_translate_parser,

@@ -44,6 +44,7 @@ __all__ = [
     "MLMText",
     "Text",
     "load_bbc",
+    "load_bbc_bodies",
     "load_labelled",
     "load_mlm_text",
     "load_tweets",
@@ -176,6 +177,20 @@ def load_bbc(path: str | Path | None = None, *, salt: str = "") -> LabelledText:
             texts.append(_normalise(_read_article(file)))
             labels.append(label)
     return LabelledText.split("bbc", texts, labels, label_names, salt=salt)
+
+
+def load_bbc_bodies(path: str | Path | None = None) -> list[str]:
+    """The paragraphs of every BBC News article's body (the headline, the first line,
+    left out: it is not a sentence), in the order of the topic folders and files."""
+    root = Path(path) if path is not None else package_path(*_BBC)
+    files = sorted(root.glob("*/*.txt"))
+    if not files:
+        raise FileNotFoundError(f"no <topic>/*.txt files in {root}")
+    paragraphs = []
+    for file in files:
+        lines = _read_article(file).splitlines()[1:]
+        paragraphs.extend(_normalise(line) for line in lines if line.strip())
+    return paragraphs
 
 
 def _read_article(file: Path) -> str:

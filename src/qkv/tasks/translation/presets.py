@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from qkv.data.alternatives import ALTERNATIVES, Alternatives
 from qkv.data.bpe import PAD_ID
 from qkv.models.transformer import TransformerConfig
 from qkv.train import TrainConfig
@@ -26,6 +27,25 @@ class TranslationPreset(Recipe[TransformerConfig]):
     label_smoothing: float = 0.1
     include_phrases: bool = False  # add the dictionary's phrase pairs to training
     average_last: int = 1  # checkpoints averaged for the final model
+    # The "/" alternatives of training targets (qkv.data.alternatives): "keep" the line,
+    # the "first" alternative, or "split" into one pair per variant.
+    alternatives: Alternatives = "keep"
+    # Each source token and each decoder input token after <bos> is replaced by <unk>
+    # with this probability while training (word dropout).
+    word_dropout: float = 0.0
+    # Back-translated pairs (train_translator's back_translated) get this word in front
+    # of their source, so the model can tell them from real pairs; "" for none.
+    back_translation_tag: str = "<bt>"
+
+    def __post_init__(self) -> None:
+        if self.alternatives not in ALTERNATIVES:
+            raise ValueError(
+                f"alternatives: expected one of {ALTERNATIVES}, got {self.alternatives!r}"
+            )
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise ValueError(f"word_dropout: expected 0 <= p < 1, got {self.word_dropout}")
+        if any(ch.isspace() for ch in self.back_translation_tag):
+            raise ValueError("back_translation_tag: one word, without spaces")
 
     @property
     def vocab_size(self) -> int:

@@ -25,6 +25,7 @@ back as a Marian folder.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -36,12 +37,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from qkv.data.alternatives import expand_pairs
 from qkv.data.batching import Seq2SeqBatch, token_batches
-from qkv.data.bpe import BOS_ID, EOS_ID, PAD_ID, BPETokenizer, TranslationTokenizer
+from qkv.data.bpe import BOS_ID, EOS_ID, PAD_ID, UNK_ID, BPETokenizer, TranslationTokenizer
 from qkv.data.parallel import (
     EncodedPairs,
     EncodedPairsBuilder,
     ParallelData,
+    ParallelFile,
     SkippedLines,
 )
 from qkv.data.sentencepiece import SentencePieceTokenizer
@@ -245,6 +248,7 @@ def train_translator(
     start_from: str | Path | None = None,
     compile: bool = False,
     checkpoint_activations: bool = False,
+    back_translated: str | Path | None = None,
 ) -> TrainResult:
     """Train a translator into ``run_dir``.
 
@@ -261,6 +265,13 @@ def train_translator(
 
     ``start_from``: a Hugging Face Marian folder to fine-tune (its model and tokenizer;
     ``vocab_size`` does not apply). The recipe gives the training settings only.
+
+    ``back_translated``: a TSV of synthetic pairs (a machine translation of real
+    target-language text into the source language, next to that text: see
+    :func:`qkv.tasks.translation.backtranslate.back_translate`) added to the training
+    pairs, each source prefixed with the recipe's ``back_translation_tag``; recorded in
+    the run (path, size, SHA-256) like a corpus file. The BPE vocabulary is trained on
+    the real pairs only.
 
     ``compile`` trains through ``torch.compile``; ``checkpoint_activations`` recomputes
     each layer's activations in the backward pass (:class:`qkv.train.Trainer`).
@@ -285,15 +296,27 @@ def train_translator(
         start = _start_from(start_from)
         recipe = replace(recipe, model=start.model.config)
     max_len = recipe.model.max_len
+    synthetic = None if back_translated is None else ParallelFile.tsv_file(back_translated)
+    if synthetic is not None:
+        synthetic.check("back-translated pairs file")
     if data is None:
         corpus = load_translation(
             data_path, direction=direction, include_phrases=recipe.include_phrases, limit=limit
         )
         tokenizer = _tokenizer(
-            run_dir, lambda: corpus.train, recipe.vocab_size, resume=resume, start=start
+            run_dir,
+            lambda: expand_pairs(corpus.train, recipe.alternatives),
+            recipe.vocab_size,
+            resume=resume,
+            start=start,
         )
+        real = expand_pairs(corpus.train, recipe.alternatives)
         prepared = _Data(
-            train=encode_pairs(corpus.train, tokenizer, max_len),
+            train=encode_pairs(
+                itertools.chain(real, _tagged(synthetic, recipe.back_translation_tag)),
+                tokenizer,
+                max_len,
+            ),
             valid=encode_pairs(corpus.valid, tokenizer, max_len),
             bleu_set=list(corpus.valid[:bleu_sentences]),
             direction=direction,
@@ -318,20 +341,26 @@ def train_translator(
         own = data
         tokenizer = _tokenizer(
             run_dir,
-            lambda: (p for split, p in own.train_file_pairs() if split == "train"),
+            lambda: expand_pairs(
+                (p for split, p in own.train_file_pairs() if split == "train"),
+                recipe.alternatives,
+            ),
             recipe.vocab_size,
             resume=resume,
             start=start,
         )
-        prepared = _read_own(data, tokenizer, max_len, bleu_sentences)
+        prepared = _read_own(data, tokenizer, max_len, bleu_sentences, recipe, synthetic)
     if len(prepared.train) == 0:
         raise ValueError("no training pairs left once tokenised (all empty or too long)")
     identity = {
         "task": "translation",
-        **recipe.to_dict(),
+        **_recipe_identity(recipe),
         **prepared.identity,
         "tokenizer_sha256": tokenizer_sha256(tokenizer),
     }
+    if synthetic is not None:
+        identity["back_translated"] = synthetic.record()
+        prepared.record["back_translated"] = identity["back_translated"]
     if start is not None:
         identity["start_from"] = str(Path(start_from).absolute())  # type: ignore[arg-type]
     with open_run_dir(
@@ -345,6 +374,39 @@ def train_translator(
                       seed=seed, progress=progress,
                       model=None if start is None else start.model, compile=compile,
                       checkpoint_activations=checkpoint_activations)  # fmt: skip
+
+
+def _loss_fn(
+    recipe: TranslationPreset, unk_id: int
+) -> Callable[[nn.Module, Seq2SeqBatch], tuple[torch.Tensor, torch.Tensor]]:
+    """The training loss: label-smoothed cross-entropy, after word dropout when the
+    recipe asks for it."""
+    p = recipe.word_dropout
+
+    def loss(model: nn.Module, batch: Seq2SeqBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        if p > 0:
+            batch = word_dropout(batch, p, unk_id)
+        return seq2seq_loss(model, batch, label_smoothing=recipe.label_smoothing)
+
+    return loss
+
+
+def word_dropout(batch: Seq2SeqBatch, p: float, unk_id: int) -> Seq2SeqBatch:
+    """``batch`` with each real source token (not padding, not ``<eos>``) and each decoder
+    input token after ``<bos>`` replaced by ``unk_id`` with probability ``p``; the labels
+    (``tgt_out``) unchanged. The model must then guess a word from its context, which
+    regularises both the encoder and the decoder's reliance on the previous word."""
+    eos = batch.src.gather(1, (batch.src != batch.pad_id).sum(1, keepdim=True) - 1)
+    src_real = (batch.src != batch.pad_id) & (batch.src != eos)
+    tgt_real = batch.tgt_in != batch.pad_id
+    tgt_real[:, 0] = False  # <bos>
+    src_drop = src_real & (torch.rand(batch.src.shape, device=batch.src.device) < p)
+    tgt_drop = tgt_real & (torch.rand(batch.tgt_in.shape, device=batch.tgt_in.device) < p)
+    return replace(
+        batch,
+        src=batch.src.masked_fill(src_drop, unk_id),
+        tgt_in=batch.tgt_in.masked_fill(tgt_drop, unk_id),
+    )
 
 
 class _Start:
@@ -371,9 +433,40 @@ def _start_from(folder: str | Path) -> _Start:
     return _Start(found.path)
 
 
-def _read_own(data: ParallelData, tokenizer: Tokenizer, max_len: int, bleu_sentences: int) -> _Data:
+def _recipe_identity(recipe: TranslationPreset) -> dict[str, Any]:
+    """The recipe's fields as a run's identity. The fields added after runs already
+    existed are left out while at their defaults, so those runs still resume."""
+    values = recipe.to_dict()
+    defaults = TranslationPreset.__dataclass_fields__
+    for name in _LATER_FIELDS:
+        if values[name] == defaults[name].default:
+            del values[name]
+    return values
+
+
+# Recipe fields added after the first runs were written (see _recipe_identity).
+_LATER_FIELDS = ("alternatives", "word_dropout", "back_translation_tag")
+
+
+def _tagged(synthetic: ParallelFile | None, tag: str) -> Iterator[Pair]:
+    """The back-translated pairs, each source behind ``tag`` (none when ``tag`` is "")."""
+    if synthetic is None:
+        return
+    for source, target in synthetic.pairs():
+        yield (f"{tag} {source}" if tag else source), target
+
+
+def _read_own(
+    data: ParallelData,
+    tokenizer: Tokenizer,
+    max_len: int,
+    bleu_sentences: int,
+    recipe: TranslationPreset,
+    synthetic: ParallelFile | None,
+) -> _Data:
     """One pass over the train file (and the valid and test files when given): token ids
-    of train and valid, the BLEU sentences, every line checked, bad lines counted."""
+    of train and valid, the BLEU sentences, every line checked, bad lines counted; the
+    training targets' alternatives as the recipe says, the back-translated pairs after."""
     record = data.record()  # the files' sizes and hashes, before reading them
     skipped = SkippedLines()
     train, valid = _PairEncoder(tokenizer, max_len), _PairEncoder(tokenizer, max_len)
@@ -382,7 +475,8 @@ def _read_own(data: ParallelData, tokenizer: Tokenizer, max_len: int, bleu_sente
     for split, pair in data.train_file_pairs(skipped):
         counts[split] += 1
         if split == "train":
-            train.add(pair)
+            for expanded in expand_pairs([pair], recipe.alternatives):
+                train.add(expanded)
         elif split == "valid":
             valid.add(pair)
             if len(bleu_set) < bleu_sentences:
@@ -393,6 +487,8 @@ def _read_own(data: ParallelData, tokenizer: Tokenizer, max_len: int, bleu_sente
             valid.add(pair)
             if len(bleu_set) < bleu_sentences:
                 bleu_set.append(pair)
+    for pair in _tagged(synthetic, recipe.back_translation_tag):
+        train.add(pair)
     if data.test is not None:  # read now so that a bad line stops the run before it starts
         counts["test"] = sum(1 for _ in data.pairs("test", skipped))
     skipped.log()
@@ -511,7 +607,10 @@ def _train(
         recipe.train,
         run_dir,
         batches=epoch_batches(data.train, recipe.max_tokens, seed, ids),
-        loss_fn=lambda m, b: seq2seq_loss(m, b, label_smoothing=recipe.label_smoothing),
+        loss_fn=_loss_fn(
+            recipe,
+            tokenizer.source.unk_id if isinstance(tokenizer, SentencePieceTokenizer) else UNK_ID,
+        ),
         evaluate=evaluate,
         meta={
             "family": FAMILY,

@@ -21,6 +21,7 @@ from typing import Any, Literal, NamedTuple
 import sacrebleu
 import torch
 
+from qkv.data.alternatives import reference_streams
 from qkv.data.bpe import TranslationTokenizer
 from qkv.data.padding import pad_ids
 from qkv.data.sentencepiece import SentencePieceTokenizer, is_sentencepiece_folder
@@ -233,15 +234,26 @@ class Candidate(NamedTuple):
 
 
 def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
-    """Corpus BLEU and chrF on detokenized text, with sacreBLEU's signatures."""
+    """Corpus BLEU and chrF on detokenized text, with sacreBLEU's signatures.
+
+    ``bleu`` has one reference per sentence, as given. ``bleu_multi`` reads the "/"
+    alternatives of a reference as several references
+    (:func:`qkv.data.alternatives.reference_streams`: stream k holds the k-th variant of
+    every reference); it equals ``bleu`` when no reference has alternatives, and is
+    reported beside it, never instead of it.
+    """
     bleu = sacrebleu.metrics.BLEU()
     chrf = sacrebleu.metrics.CHRF()
     bleu_result = bleu.corpus_score(list(hypotheses), [list(references)])
     chrf_result = chrf.corpus_score(list(hypotheses), [list(references)])
+    multi = sacrebleu.metrics.BLEU()
+    multi_result = multi.corpus_score(list(hypotheses), reference_streams(references))
     return {
         "bleu": bleu_result.score,
         "chrf": chrf_result.score,
+        "bleu_multi": multi_result.score,
         "bleu_signature": str(bleu.get_signature()),
+        "bleu_multi_signature": str(multi.get_signature()),
         "chrf_signature": str(chrf.get_signature()),
     }
 

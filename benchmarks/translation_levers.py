@@ -1,0 +1,216 @@
+"""The translator's levers, each measured on the validation split.
+
+Each lever is a training run of a recipe (a preset with ``--set FIELD=VALUE`` changes,
+and optionally back-translated pairs), scored on the **validation** split of the
+German–English dictionary: greedy, beam 4, and beam 4 on the average of the last
+checkpoints, single-reference sacreBLEU and, beside it, BLEU with the references' "/"
+alternatives as several references (:func:`qkv.tasks.translation.score`). The test
+split is scored only by ``final``, for the recipe kept.
+
+Subcommands:
+
+``run NAME``: train ``runs/levers/NAME`` (resumed if interrupted) and write
+``runs/levers/NAME/lever.json`` (recipe, minutes, threads, scores);
+``decode NAME``: beam sizes and length penalties on the validation split;
+``final NAME``: the test split, with the decoding chosen on the validation split;
+``table``: every ``lever.json`` as one Markdown table (``--results`` writes it into
+``benchmarks/RESULTS.md``).
+
+Run (from the repository root):
+    .venv/bin/python benchmarks/translation_levers.py run medium --preset medium --threads 1
+    .venv/bin/python benchmarks/translation_levers.py run first --preset medium \\
+        --set alternatives=first --threads 1
+    .venv/bin/python benchmarks/translation_levers.py decode first --beams 1 4 8
+    .venv/bin/python benchmarks/translation_levers.py table --results benchmarks/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from _common import log, write_results
+from translation import _override
+
+from qkv.data.translation import load_translation
+from qkv.fileio import write_json_atomic
+from qkv.tasks.translation import PRESETS, load_translator, score, train_translator
+from qkv.train.checkpoint import list_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs" / "levers"
+SECTION = "## Translation levers (benchmarks/translation_levers.py)"
+
+
+def _scores(run: Path, split: str, beam: int, average: int, length_penalty: float) -> dict:
+    corpus = load_translation(None)
+    pairs = corpus.valid if split == "valid" else corpus.test
+    translator = load_translator(run, average_last=average)
+    start = time.perf_counter()
+    hypotheses = translator.translate(
+        [s for s, _ in pairs], beam_size=beam, length_penalty=length_penalty
+    )
+    found = score(hypotheses, [t for _, t in pairs])
+    return {
+        "split": split,
+        "beam": beam,
+        "average": average,
+        "length_penalty": length_penalty,
+        "bleu": round(found["bleu"], 2),
+        "bleu_multi": round(found["bleu_multi"], 2),
+        "chrf": round(found["chrf"], 2),
+        "seconds": round(time.perf_counter() - start, 1),
+        "signature": found["bleu_signature"],
+    }
+
+
+def run(args: argparse.Namespace) -> None:
+    recipe = _override(PRESETS[args.preset], args.set)
+    folder = RUNS / args.name
+    resume = bool(list_checkpoints(folder)) if folder.exists() else False
+    start = time.perf_counter()
+    train_translator(
+        folder, recipe, resume=resume, progress=False, back_translated=args.back_translated
+    )
+    minutes = (time.perf_counter() - start) / 60
+    average = recipe.average_last
+    rows = [_scores(folder, "valid", 1, 1, 0.6), _scores(folder, "valid", 4, 1, 0.6)]
+    if average > 1:
+        rows.append(_scores(folder, "valid", 4, average, 0.6))
+    for row in rows:
+        log(f"{args.name}: beam {row['beam']} avg {row['average']}: BLEU {row['bleu']} "
+            f"(multi {row['bleu_multi']}, chrF {row['chrf']})")  # fmt: skip
+    write_json_atomic(
+        folder / "lever.json",
+        {
+            "name": args.name,
+            "preset": args.preset,
+            "set": args.set,
+            "back_translated": args.back_translated,
+            "recipe": recipe.to_dict(),
+            "minutes": round(minutes, 1),
+            "resumed": resume,
+            "threads": torch.get_num_threads(),
+            "date": str(datetime.date.today()),
+            "torch": torch.__version__,
+            "scores": rows,
+        },
+    )
+
+
+def decode(args: argparse.Namespace) -> None:
+    folder = RUNS / args.name
+    lever = json.loads((folder / "lever.json").read_text())
+    average = lever["recipe"]["average_last"]
+    rows = []
+    for beam in args.beams:
+        for penalty in args.length_penalties if beam > 1 else [0.6]:
+            row = _scores(folder, "valid", beam, average, penalty)
+            log(f"beam {beam} length penalty {penalty}: BLEU {row['bleu']} "
+                f"(multi {row['bleu_multi']})")  # fmt: skip
+            rows.append(row)
+    lever["decoding"] = rows
+    write_json_atomic(folder / "lever.json", lever)
+
+
+def final(args: argparse.Namespace) -> None:
+    folder = RUNS / args.name
+    lever = json.loads((folder / "lever.json").read_text())
+    average = lever["recipe"]["average_last"]
+    best = max(lever.get("decoding", lever["scores"]), key=lambda r: r["bleu"])
+    rows = [
+        _scores(folder, "test", 1, 1, 0.6),
+        _scores(folder, "test", 4, average, 0.6),
+        _scores(folder, "test", best["beam"], best["average"], best["length_penalty"]),
+    ]
+    for row in rows:
+        log(f"test: beam {row['beam']} avg {row['average']} lp {row['length_penalty']}: "
+            f"BLEU {row['bleu']} (multi {row['bleu_multi']}, chrF {row['chrf']})")  # fmt: skip
+    lever["test"] = rows
+    write_json_atomic(folder / "lever.json", lever)
+
+
+def table(args: argparse.Namespace) -> str:
+    levers = [json.loads(path.read_text()) for path in sorted(RUNS.glob("*/lever.json"))]
+    levers.sort(key=lambda lever: lever["date"] + lever["name"])
+    lines = [
+        SECTION,
+        "",
+        "Each row trains a recipe and scores the 909 validation pairs (single-reference "
+        "sacreBLEU; *multi*: the references' '/' alternatives expanded into up to 6 "
+        "references, `qkv.data.alternatives.reference_streams`). Minutes are wall time "
+        "of training with its periodic validation, at the threads shown, often beside "
+        "another run on the second core.",
+        "",
+        "| lever | recipe changes | minutes (threads) | greedy | beam 4 | beam 4, averaged "
+        "| multi (beam 4, averaged) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for lever in levers:
+        by = {(r["beam"], r["average"]): r for r in lever["scores"]}
+        greedy, beam = by.get((1, 1)), by.get((4, 1))
+        averaged = next((r for r in lever["scores"] if r["average"] > 1), beam)
+        changes = ", ".join(f"`{s}`" for s in lever["set"]) or "(the preset)"
+        if lever["back_translated"]:
+            changes += f", back-translated `{Path(lever['back_translated']).name}`"
+        lines.append(
+            f"| {lever['name']} | `{lever['preset']}` {changes} | {lever['minutes']} "
+            f"({lever['threads']}) | {greedy['bleu']} | {beam['bleu']} | {averaged['bleu']} "
+            f"| {averaged['bleu_multi']} |"
+        )
+    for lever in levers:
+        if "decoding" in lever:
+            lines += ["", f"Decoding of `{lever['name']}` on the validation split:", ""]
+            lines += ["| beam | length penalty | BLEU | multi |", "| ---: | ---: | ---: | ---: |"]
+            lines += [
+                f"| {r['beam']} | {r['length_penalty']} | {r['bleu']} | {r['bleu_multi']} |"
+                for r in lever["decoding"]
+            ]
+        if "test" in lever:
+            lines += ["", f"Test split of `{lever['name']}`:", ""]
+            lines += ["| decoding | BLEU | multi | chrF |", "| --- | ---: | ---: | ---: |"]
+            lines += [
+                f"| beam {r['beam']}, last {r['average']} averaged, length penalty "
+                f"{r['length_penalty']} | {r['bleu']} | {r['bleu_multi']} | {r['chrf']} |"
+                for r in lever["test"]
+            ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="job", required=True)
+    p = sub.add_parser("run")
+    p.add_argument("name")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="medium")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    p.add_argument("--back-translated", help="a TSV of synthetic pairs")
+    p = sub.add_parser("decode")
+    p.add_argument("name")
+    p.add_argument("--beams", type=int, nargs="+", default=[1, 4, 8])
+    p.add_argument("--length-penalties", type=float, nargs="+", default=[0.6, 1.0, 1.5])
+    p = sub.add_parser("final")
+    p.add_argument("name")
+    p = sub.add_parser("table")
+    p.add_argument("--results", type=Path, help="write the table into this Markdown file")
+    for p in sub.choices.values():
+        p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.job == "table":
+        text = table(args)
+        print(text)
+        if args.results:
+            write_results(args.results, text, section=SECTION)
+        return
+    {"run": run, "decode": decode, "final": final}[args.job](args)
+
+
+if __name__ == "__main__":
+    main()

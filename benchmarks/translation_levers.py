@@ -182,6 +182,35 @@ def table(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def curves(path: Path) -> None:
+    """Validation BLEU (greedy, first 200 pairs) and loss against the step, one line
+    per lever, from each run's ``metrics.csv``."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (bleu_axis, loss_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for folder in sorted(p.parent for p in RUNS.glob("*/lever.json")):
+        series: dict[str, list[tuple[int, float]]] = {"valid_bleu": [], "valid_loss": []}
+        with open(folder / "metrics.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                if row["name"] in series:
+                    series[row["name"]].append((int(row["step"]), float(row["value"])))
+        for axis, name in ((bleu_axis, "valid_bleu"), (loss_axis, "valid_loss")):
+            if series[name]:
+                steps, values = zip(*sorted(dict(series[name]).items()), strict=True)
+                axis.plot(steps, values, marker="o", label=folder.name)
+    bleu_axis.set(xlabel="step", ylabel="BLEU (greedy, 200 validation pairs)")
+    loss_axis.set(xlabel="step", ylabel="validation loss (no label smoothing)")
+    bleu_axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    log(f"wrote {path}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="job", required=True)
@@ -198,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("name")
     p = sub.add_parser("table")
     p.add_argument("--results", type=Path, help="write the table into this Markdown file")
+    p.add_argument("--curves", type=Path, help="draw every lever's validation curves here")
     for p in sub.choices.values():
         p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
@@ -206,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.job == "table":
         text = table(args)
         print(text)
+        if args.curves:
+            curves(args.curves)
         if args.results:
             write_results(args.results, text, section=SECTION)
         return

@@ -139,10 +139,10 @@ def table(args: argparse.Namespace) -> str:
     levers = [json.loads(path.read_text()) for path in sorted(RUNS.glob("*/lever.json"))]
     levers.sort(key=lambda lever: lever["date"] + lever["name"])
     lines = [
-        SECTION,
+        "### Each lever on the validation split",
         "",
         "Each row trains a recipe and scores the 909 validation pairs (single-reference "
-        "sacreBLEU; *multi*: the references' '/' alternatives expanded into up to 6 "
+        "sacreBLEU; *multi*: the references' '/' alternatives expanded into up to 4 "
         "references, `qkv.data.alternatives.reference_streams`). Minutes are wall time "
         "of training with its periodic validation, at the threads shown, often beside "
         "another run on the second core.",

@@ -7,7 +7,7 @@ when the model is built.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from qkv.data.alternatives import ALTERNATIVES, Alternatives
 from qkv.data.bpe import PAD_ID
@@ -103,6 +103,14 @@ PRESETS: dict[str, TranslationPreset] = {
     # Half an hour on one CPU core.
     "medium": TranslationPreset(
         "medium", _SMALL_MODEL, _cosine(1300, 300, 325), max_tokens=3000, average_last=3
+    ),
+    # The medium model trained about three times as long, held back from memorising the
+    # corpus: dropout 0.2, the first of each "/" alternative as the target, the last
+    # five checkpoints averaged. Under an hour on one CPU core (docs/translation.md;
+    # benchmarks/RESULTS.md, "Translation levers").
+    "hour": TranslationPreset(
+        "hour", replace(_SMALL_MODEL, dropout=0.2), _cosine(3000, 300, 500),
+        max_tokens=3000, average_last=5, alternatives="first",
     ),
     # The paper's base model; far more than this corpus needs, for GPUs.
     "base": TranslationPreset(

@@ -335,3 +335,23 @@ def test_word_dropout_rate():
     torch.manual_seed(0)
     rate = (word_dropout(batch, 0.1, unk_id=3).src == 3).float().sum().item() / n
     assert 0.09 < rate < 0.11
+
+
+def _status(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+
+
+def test_eval_on_the_validation_split_and_usage_errors(reverse_run, tmp_path, capsys):
+    argv = ["translate", "eval", str(reverse_run), "--split", "valid", "--beam", "1"]
+    assert main([*argv, "--examples", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "validation set:" in out and "(valid split)" in out
+    assert _status([*argv, "--test", str(tmp_path / "t.tsv")]) == 2
+    assert "--split chooses one of the run's own splits" in capsys.readouterr().err
+    argv = ["translate", "back-translate", str(reverse_run), "-o", str(tmp_path / "x.tsv")]
+    assert _status([*argv, "--min-words", "9", "--max-words", "3"]) == 2
+    assert "--min-words is larger than --max-words" in capsys.readouterr().err
+    assert not (tmp_path / "x.tsv").exists()

@@ -537,13 +537,14 @@ def _marian_languages(folder: str) -> tuple[str | None, str | None]:
 def _eval(argv: list[str]) -> int:
     from qkv.tasks.translation import load_translator
 
-    options = _eval_parser().parse_args(argv)
+    parser = _eval_parser()
+    options = parser.parse_args(argv)
+    if options.test is not None and options.split != "test":
+        parser.error("--split chooses one of the run's own splits; --test names a file")
     where, dtype = inference_device(options)
     translator = load_translator(
         options.checkpoint, average_last=options.average, device=where, dtype=dtype
     )
-    if options.test is not None and options.split != "test":
-        raise ValueError("--split chooses one of the run's own splits; --test names a file")
     pairs, name = _test_pairs(
         translator, options.test, options.data, options.skip_bad_lines, options.split
     )
@@ -785,14 +786,15 @@ def _back_translate(argv: list[str]) -> int:
     from qkv.tasks.translation import load_translator
     from qkv.tasks.translation.backtranslate import back_translate
 
-    options = _back_translate_parser().parse_args(argv)
+    parser = _back_translate_parser()
+    options = parser.parse_args(argv)
+    if options.min_words > options.max_words:
+        parser.error("--min-words is larger than --max-words")
     output = Path(options.output)
     if output.exists() and not options.overwrite:
         raise FileExistsError(f"{output} exists (pass --overwrite to replace it)")
     if not output.absolute().parent.is_dir():
         raise FileNotFoundError(f"{output.absolute().parent}: no such folder (--output)")
-    if options.min_words > options.max_words:
-        raise ValueError("--min-words is larger than --max-words")
     where, dtype = inference_device(options)
     reverse = load_translator(options.checkpoint, device=where, dtype=dtype)
     if options.input is None:

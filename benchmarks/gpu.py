@@ -633,7 +633,7 @@ def qkv_optimizer(model: nn.Module, device: torch.device) -> tuple[torch.optim.O
 
 def group_training(ctx: Context) -> None:
     tests_on_path()
-    from translation import TorchSeq2Seq, _loss
+    from translation import TorchSeq2Seq, train_step
 
     from qkv.data.batching import Seq2SeqBatch
     from qkv.models.transformer import Transformer, TransformerConfig
@@ -647,15 +647,9 @@ def group_training(ctx: Context) -> None:
     tokens = s.train_batch * s.train_length
 
     def step(model: nn.Module, optimizer: torch.optim.Optimizer) -> Callable[[], None]:
-        # benchmarks/translation.py's step with autocast on this device.
+        # benchmarks/translation.py's step, in bf16 on this device.
         def call() -> None:
-            with torch.autocast(ctx.device.type, dtype=BF16):
-                logits = model(batch.src, batch.tgt_in)
-                if not isinstance(logits, Tensor):
-                    logits = logits.logits
-            _loss(logits, batch).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            train_step(model, optimizer, batch, bf16=True)
 
         return call
 

@@ -153,6 +153,20 @@ def _loss(logits: Tensor, batch: Seq2SeqBatch) -> Tensor:
     )
 
 
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batch: Seq2SeqBatch, bf16: bool
+) -> None:
+    """One training step: forward (bf16 autocast on the batch's device when ``bf16``),
+    the label-smoothed loss, backward, the optimizer's step."""
+    with torch.autocast(batch.src.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(batch.src, batch.tgt_in)
+        if not isinstance(logits, Tensor):
+            logits = logits.logits
+    _loss(logits, batch).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def _train_steps(
     model: nn.Module, optimizer: torch.optim.Optimizer, batches: Sequence[Seq2SeqBatch], bf16: bool
 ) -> float:
@@ -160,13 +174,7 @@ def _train_steps(
     synchronize(device)
     start = time.perf_counter()
     for batch in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(batch.src, batch.tgt_in)
-            if not isinstance(logits, Tensor):
-                logits = logits.logits
-        _loss(logits, batch).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(model, optimizer, batch, bf16)
     synchronize(device)  # CUDA: wait for the queued kernels
     return time.perf_counter() - start
 

@@ -1,6 +1,7 @@
 """Decoding speed of the base translator: the paths of :mod:`qkv.decoding` against each other.
 
-The paths (``--paths``, each optionally with ``:fp32`` or ``:bf16``, default ``--dtype``):
+The paths (``--paths``, each optionally with ``:fp32``, ``:bf16`` or ``:int8``, default
+``--dtype``; ``int8`` is the fp32 model decoded with ``quantize="int8"``, a CPU only):
 
 - ``fast``: what :func:`qkv.decoding.greedy_decode` does by default: the static key/value
   cache written in place, the source's cross-attention keys and values projected once,
@@ -59,7 +60,7 @@ from qkv.decoding import beam_search, greedy_decode
 PAD, BOS, EOS = 0, 1, 2
 SECTION = "## Decoding (benchmarks/decoding.py)"
 PATHS = ("fast", "static", "old", "no-cache")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -108,12 +109,16 @@ def decoder_for(
     """A call that decodes ``src`` by ``path`` and returns the tokens ``(b, steps)``."""
     model = models[path.dtype]
     if path.kind == "no-cache":
+        if path.dtype == "int8":
+            raise SystemExit("--paths no-cache:int8: int8 weights need the static cache")
         return lambda: no_cache_greedy(model, src, steps)
     flags = {
         "fast": {},
         "static": {"cuda_graphs": False},
         "old": {"static_cache": False, "cuda_graphs": False},
     }[path.kind]
+    if path.dtype == "int8":
+        flags = {**flags, "quantize": "int8"}
 
     def call() -> Tensor:
         common = dict(bos_id=BOS, eos_id=EOS, max_len=steps, min_len=steps, **flags)
@@ -191,7 +196,8 @@ def parse_path(text: str, default_dtype: str) -> DecodePath:
     dtype = dtype or default_dtype
     if kind not in PATHS or dtype not in DTYPES:
         raise argparse.ArgumentTypeError(
-            f"a path is one of {', '.join(PATHS)}, optionally with :fp32 or :bf16; got {text!r}"
+            f"a path is one of {', '.join(PATHS)}, optionally with :fp32, :bf16 or :int8; got "
+            f"{text!r}"
         )
     return DecodePath(kind, dtype)
 
@@ -205,7 +211,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=["fast", "old"],
         help="paths to time, the reference last: fast, static, old, no-cache, each "
-        "optionally with :fp32 or :bf16",
+        "optionally with :fp32, :bf16 or :int8",
     )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="default dtype")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="batch sizes")

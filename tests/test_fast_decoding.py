@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from qkv import Transformer, TransformerConfig
 from qkv.decoding import beam_search, greedy_decode, sample_decode
 from qkv.layers import StaticDecoderCache
+from qkv.quantize import int8_linear, int8_unavailable, pack_int8_weight
 
 V = 16
 PAD, BOS, EOS = 0, 1, 2
@@ -203,9 +204,10 @@ def test_static_cache_errors():
         model.decode(ids, memory, cache=model.init_static_cache(memory, None, 2))
 
 
-def test_trained_copy_model_gives_the_same_tokens_with_both_caches():
-    # A model with confident predictions, as a trained translator: 150 steps on a copy
-    # task (a few seconds); both caches must give identical outputs, eos included.
+@pytest.fixture(scope="module")
+def copy_model() -> Transformer:
+    """A model with confident predictions, as a trained translator: 150 steps on a copy
+    task (a few seconds)."""
     torch.manual_seed(0)
     model = Transformer(TransformerConfig.tiny(V, V, dropout=0.0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -222,19 +224,101 @@ def test_trained_copy_model_gives_the_same_tokens_with_both_caches():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    model.eval()
-    src = torch.randint(3, V, (16, 6), generator=g)
+    return model.eval()
 
-    def sample(model, src, **kwargs):
-        return sample_decode(model, src, generator=torch.Generator().manual_seed(0), **kwargs)
 
+def sample(model, src, **kwargs):
+    return sample_decode(model, src, generator=torch.Generator().manual_seed(0), **kwargs)
+
+
+def test_trained_copy_model_gives_the_same_tokens_with_both_caches(copy_model):
+    # Both caches must give identical outputs, eos included.
+    src = torch.randint(3, V, (16, 6), generator=torch.Generator().manual_seed(1))
     for decode in (greedy_decode, beam_search, sample):
-        fast = decode(model, src, static_cache=True)
-        plain = decode(model, src, static_cache=False)
+        fast = decode(copy_model, src, static_cache=True)
+        plain = decode(copy_model, src, static_cache=False)
         assert fast.tokens == plain.tokens
         torch.testing.assert_close(fast.scores, plain.scores, **SCORE_TOL)
-    copied = greedy_decode(model, src).tokens
+    copied = greedy_decode(copy_model, src).tokens
     assert sum(c == s for c, s in zip(copied, src.tolist(), strict=True)) >= 12
+
+
+# ---------------------------------------------------------------- int8 weights
+
+int8 = pytest.mark.skipif(
+    int8_unavailable(torch.device("cpu")) is not None, reason="torch has no int8 CPU kernels"
+)
+
+
+@int8
+def test_int8_linear_is_the_product_within_the_quantization_step():
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(48, 32, generator=g), torch.randn(48, generator=g)
+    x = torch.randn(5, 32, generator=g)
+    packed = pack_int8_weight(weight, bias)
+    exact = F.linear(x, weight, bias)
+    got = int8_linear(x, packed)
+    # Weights within half a step of 1/127 of their row's largest, inputs 7 bits: the
+    # products stay within about 2% of the output's scale, and not exact.
+    error = (got - exact).abs().max() / exact.abs().max()
+    assert 0 < error < 0.02
+    assert int8_linear(x.bfloat16(), packed).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="bias is packed"):
+        int8_linear(x, packed, bias)
+
+
+@int8
+def test_int8_step_gives_the_logits_of_the_model_within_tolerance(model):
+    src = sources(model, [4, 7, 2], seed=11)
+    with torch.inference_mode():
+        memory = model.encode(src, src_key_padding_mask=src != model.config.pad_id)
+        memory = memory.last_hidden_state
+        mask = src != model.config.pad_id
+        plain = model.init_static_cache(memory, mask, 6)
+        quantized = model.init_static_cache(memory, mask, 6, quantize="int8")
+        assert quantized.form == "int8" and plain.form == "plain"
+        ids = torch.full((3, 1), model.config.bos_id)
+        for _ in range(6):
+            a = model.decode(ids, memory, cache=plain).last_hidden_state[:, -1]
+            b = model.decode(ids, memory, cache=quantized).last_hidden_state[:, -1]
+            exact, got = model.logits(a), model.logits(b, cache=quantized)
+            assert (got - exact).abs().max() <= 0.05 * exact.abs().max()
+            assert not torch.equal(got, exact)  # the int8 path did run
+            ids = exact.argmax(-1, keepdim=True)
+
+
+@int8
+def test_int8_decoding_of_a_trained_model_gives_its_tokens(copy_model):
+    src = torch.randint(3, V, (16, 6), generator=torch.Generator().manual_seed(1))
+    for decode in (greedy_decode, beam_search, sample):
+        exact = decode(copy_model, src)
+        got = decode(copy_model, src, quantize="int8")
+        assert got.tokens == exact.tokens
+        # A sentence's log-probability, summed over its tokens: within 10%.
+        torch.testing.assert_close(got.scores, exact.scores, atol=0.02, rtol=0.1)
+
+
+@int8
+def test_int8_weights_follow_the_model_when_it_changes():
+    model = MODELS["pre-norm"]().eval()
+    src = sources(model, [5, 3], seed=12)
+    before = greedy_decode(model, src, quantize="int8", max_len=6).scores
+    with torch.no_grad():
+        model.decoder.layers[0].feed_forward.linear2.weight.mul_(3.0)
+    after = greedy_decode(model, src, quantize="int8", max_len=6).scores
+    exact = greedy_decode(model, src, max_len=6).scores
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, exact, atol=0.1, rtol=0.0)
+
+
+def test_int8_errors():
+    model = MODELS["post-norm"]().eval()
+    src = sources(model, [3], seed=13)
+    with pytest.raises(ValueError, match=r"quantize: expected one of \('int8',\) or None"):
+        greedy_decode(model, src, quantize="int4")
+    with pytest.raises(ValueError, match="needs the static cache"):
+        greedy_decode(model, src, static_cache=False, quantize="int8")
+    assert int8_unavailable(torch.device("cuda")) == "int8 weights run on a CPU only, not cuda"
 
 
 # ---------------------------------------------------------------- CUDA graphs

@@ -4,6 +4,7 @@ trained here for a few steps (its translations are poor but deterministic)."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import math
@@ -19,6 +20,8 @@ import pytest
 import torch
 
 from qkv.cli import main
+from qkv.cli._options import add_quantize, check_quantize
+from qkv.quantize import int8_unavailable
 from qkv.tasks.translation import PRESETS, load_translator, train_translator
 
 PAIRS = [
@@ -206,6 +209,7 @@ def test_help_lists_every_option_with_a_sentence(capsys):
     for option in (
         "--beam", "--length-penalty", "--max-length", "--n-best", "--sample", "--temperature",
         "--top-k", "--top-p", "--seed", "--batch-size", "--json", "--device", "--dtype",
+        "--quantize",
     ):  # fmt: skip
         assert option in text, option
     assert "(default: 64)" in text and "(default: 4, or 1 with --sample)" in text
@@ -248,11 +252,27 @@ def test_json_without_n_best_has_no_n_best_key(run_dir, capsys):
 # ---------------------------------------------------------------- --dtype
 
 
-def test_bf16_on_the_cpu_translates_like_fp32(run_dir, capsys):
+def test_bf16_translator_is_cast_on_load(run_dir):
     bf16 = load_translator(run_dir, dtype=torch.bfloat16)
     assert next(bf16.model.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    "low_precision",
+    [
+        ["--dtype", "bf16"],
+        pytest.param(
+            ["--quantize", "int8"],
+            marks=pytest.mark.skipif(
+                int8_unavailable(torch.device("cpu")) is not None, reason="no int8 kernels"
+            ),
+        ),
+    ],
+    ids=["bf16", "int8"],
+)
+def test_low_precision_on_the_cpu_translates_like_fp32(run_dir, capsys, low_precision):
     args = ["translate", str(run_dir), *SENTENCES, "--json", "--beam", "1", *FAST]
-    status, out = qkv([*args, "--device", "cpu", "--dtype", "bf16"], capsys)
+    status, out = qkv([*args, "--device", "cpu", *low_precision], capsys)
     assert status == 0
     low = [json.loads(line) for line in out.splitlines()]
     full = [json.loads(line) for line in qkv(args, capsys)[1].splitlines()]
@@ -260,10 +280,27 @@ def test_bf16_on_the_cpu_translates_like_fp32(run_dir, capsys):
     for a, b in zip(low, full, strict=True):
         if b["source"]:
             assert a["translation"].split()  # words, not an empty or broken line
-            # Close to fp32's log-probability of its own translation (bf16 keeps ~3 digits).
+            # Close to fp32's log-probability of its own translation (bf16 keeps ~3
+            # digits, int8 weights ~2).
             assert a["log_prob"] == pytest.approx(b["log_prob"], rel=0.1)
+            assert a["log_prob"] != b["log_prob"]  # it did run in low precision
     same = sum(a["translation"] == b["translation"] for a, b in zip(low, full, strict=True))
     assert same >= 3
+
+
+@pytest.mark.skipif(int8_unavailable(torch.device("cpu")) is not None, reason="no int8 kernels")
+def test_quantize_where_it_cannot_run_is_a_usage_error(capsys):
+    parser = argparse.ArgumentParser(prog="qkv translate")
+    add_quantize(parser)
+    options = parser.parse_args(["--quantize", "int8"])
+    check_quantize(parser, options, torch.device("cpu"))  # runs here
+    with pytest.raises(SystemExit) as stopped:
+        check_quantize(parser, options, torch.device("cuda"))
+    assert stopped.value.code == 2
+    assert "--quantize int8: int8 weights run on a CPU only, not cuda" in capsys.readouterr().err
+    assert "invalid choice: 'int4'" in usage_error(
+        ["translate", "RUN", "--quantize", "int4"], capsys
+    )
 
 
 # ---------------------------------------------------------------- streaming

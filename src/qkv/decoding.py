@@ -131,6 +131,7 @@ def greedy_decode(
     src_key_padding_mask: Tensor | None = None,
     static_cache: bool = True,
     cuda_graphs: bool | None = None,
+    quantize: str | None = None,
 ) -> DecodingOutput:
     """Pick the most probable next token at every step (ties: the lowest id).
 
@@ -155,6 +156,11 @@ def greedy_decode(
             size, source-length bucket and output-length bucket and kept for later
             calls (needs ``static_cache``). ``None``: on for a model on a CUDA device.
             If a capture fails, decoding goes on without graphs (with a warning).
+        quantize: ``"int8"``: the decoder's matrices and the output projection as
+            int8 copies (:mod:`qkv.quantize`; a CPU only, needs ``static_cache``):
+            a quarter of the bytes to read per step, outputs within a tolerance of
+            the model's own (a near tie may pick another token). None: the model's
+            weights.
 
     Shape:
         src_ids ``(b, s)``, src_key_padding_mask ``(b, s)``; returns ``b`` token lists
@@ -175,6 +181,7 @@ def greedy_decode(
         choose=lambda logp: logp.argmax(dim=-1),
         static_cache=static_cache,
         cuda_graphs=cuda_graphs,
+        quantize=quantize,
     )
     return _ordinary_tensors(out)
 
@@ -194,6 +201,7 @@ def sample_decode(
     src_key_padding_mask: Tensor | None = None,
     static_cache: bool = True,
     cuda_graphs: bool | None = None,
+    quantize: str | None = None,
 ) -> DecodingOutput:
     """Draw each next token at random from the model's distribution, filtered.
 
@@ -238,6 +246,7 @@ def sample_decode(
         choose=lambda logp: _sample_tokens(logp, temperature, top_k, top_p, generator),
         static_cache=static_cache,
         cuda_graphs=cuda_graphs,
+        quantize=quantize,
     )
     return _ordinary_tensors(out)
 
@@ -280,12 +289,15 @@ def _step_by_step(
     choose: Callable[[Tensor], Tensor],
     static_cache: bool = True,
     cuda_graphs: bool | None = None,
+    quantize: str | None = None,
 ) -> DecodingOutput:
     """Greedy decoding and sampling: one token per sentence and step, picked by
     ``choose(logp) -> (b,)`` from the ``(b, V)`` log-probabilities."""
     b, device, pad_id = src_ids.shape[0], src_ids.device, model.config.pad_id
     memory = model.encode(src_ids, src_key_padding_mask=src_mask).last_hidden_state  # (b, s, d)
-    step = _DecoderSteps(model, memory, src_mask, int(limits.max()), static_cache, cuda_graphs)
+    step = _DecoderSteps(
+        model, memory, src_mask, int(limits.max()), static_cache, cuda_graphs, quantize
+    )
     inputs = torch.full((b, 1), bos_id, dtype=torch.long, device=device)  # (b, 1)
     log_probs = torch.zeros(b, device=device)  # (b,)
     lengths = torch.zeros(b, dtype=torch.long, device=device)  # (b,) output tokens, no eos
@@ -328,6 +340,7 @@ def beam_search(
     early_stopping: bool | Literal["never"] = False,
     static_cache: bool = True,
     cuda_graphs: bool | None = None,
+    quantize: str | None = None,
 ) -> DecodingOutput:
     """Beam search with GNMT's length penalty, all sentences in one batch of ``b × k`` rows.
 
@@ -407,6 +420,7 @@ def beam_search(
         early_stopping=early_stopping,
         static_cache=static_cache,
         cuda_graphs=cuda_graphs,
+        quantize=quantize,
     )
     return _ordinary_tensors(out)
 
@@ -428,6 +442,7 @@ def _beam(
     early_stopping: bool | str = False,
     static_cache: bool = True,
     cuda_graphs: bool | None = None,
+    quantize: str | None = None,
 ) -> DecodingOutput:
     b, device, pad_id = src_ids.shape[0], src_ids.device, model.config.pad_id
     hugging_face = style == "hugging_face"
@@ -445,7 +460,7 @@ def _beam(
     memory_mask = src_mask.repeat_interleave(k, dim=0)  # (b·k, s)
     first_row = torch.arange(b, device=device)[:, None] * k  # (b, 1) row of beam 0
     max_steps = int(limits.max())
-    step = _DecoderSteps(model, memory, memory_mask, max_steps, static_cache, cuda_graphs)
+    step = _DecoderSteps(model, memory, memory_mask, max_steps, static_cache, cuda_graphs, quantize)
     last_lp = length_penalty(limits.float())  # (b,) lp at each one's max length
 
     # The k start beams are one hypothesis (bos alone). Only beam 0 may expand at the
@@ -570,17 +585,23 @@ class _DecoderSteps:
         max_steps: int,
         static_cache: bool,
         cuda_graphs: bool | None,
+        quantize: str | None = None,
     ) -> None:
         self.model, self.memory, self.memory_mask = model, memory, memory_mask
         static = static_cache and model.supports_static_cache
+        if quantize is not None and not static:
+            raise ValueError(
+                f"quantize={quantize!r} needs the static cache (static_cache=True and a "
+                "model with plain decoder layers)"
+            )
         self.graph = None
-        if static and _graphs_wanted(memory.device, cuda_graphs):
+        if static and quantize is None and _graphs_wanted(memory.device, cuda_graphs):
             self.graph = _graphed_step(model, memory, memory_mask, max_steps)
         self.cache: DecoderCache | StaticDecoderCache
         if self.graph is not None:
             self.cache = self.graph.cache
         elif static:
-            self.cache = model.init_static_cache(memory, memory_mask, max_steps)
+            self.cache = model.init_static_cache(memory, memory_mask, max_steps, quantize=quantize)
         else:
             self.cache = model.init_cache()
 

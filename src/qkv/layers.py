@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from qkv.attention import KVCache, MultiHeadAttention, weights_version
 from qkv.outputs import export_output
+from qkv.quantize import QUANTIZATIONS, int8_linear, int8_unavailable, pack_int8_weight
 
 __all__ = [
     "AddNorm",
@@ -361,7 +362,8 @@ class _LayerStep(NamedTuple):
 
     norm_first: bool
     feed_forward_in: Callable[[Tensor], Tensor]  # activation(linear1(x))
-    linear: Callable[..., Tensor]  # F.linear, or the one of weights packed for oneDNN
+    linear: Callable[..., Tensor]  # F.linear, or the one for the packed forms (step_linear)
+    # Each matrix with its bias as step_matrix gives them: linear(x, *pair).
     qkv_weight: Tensor  # (3d, d): the q, k and v projections stacked
     qkv_bias: Tensor | None  # (3d,)
     self_out: tuple[Tensor, Tensor | None]
@@ -401,22 +403,56 @@ def packs_bf16_weights(device: torch.device, dtype: torch.dtype) -> bool:
     )
 
 
-def _layer_step_weights(layer: DecoderLayer, pack: bool) -> _LayerStep:
+# How a decoding step holds its matrices: as the modules have them ("plain"), packed for
+# oneDNN's bf16 kernels ("bf16-packed", packs_bf16_weights), or as int8 (qkv.quantize).
+StepWeights = Literal["plain", "bf16-packed", "int8"]
+
+
+def step_weights(device: torch.device, dtype: torch.dtype, quantize: str | None) -> StepWeights:
+    """The form of the step's matrices for a model on ``device`` in ``dtype``:
+    ``quantize="int8"`` (:mod:`qkv.quantize`; raises ``ValueError`` where it cannot run),
+    or the fastest exact form."""
+    if quantize is not None:
+        if quantize not in QUANTIZATIONS:
+            raise ValueError(f"quantize: expected one of {QUANTIZATIONS} or None, got {quantize!r}")
+        why = int8_unavailable(device)
+        if why is not None:
+            raise ValueError(f"quantize={quantize!r}: {why}")
+        return "int8"
+    return "bf16-packed" if packs_bf16_weights(device, dtype) else "plain"
+
+
+def step_linear(form: StepWeights) -> Callable[..., Tensor]:
+    """``F.linear`` for the matrices of :func:`step_matrix` in this form."""
+    return {"plain": F.linear, "bf16-packed": packed_linear, "int8": int8_linear}[form]
+
+
+def step_matrix(linear_weight: Tensor, bias: Tensor | None, form: StepWeights) -> tuple:
+    """``(weight, bias)`` in this form, to call as ``step_linear(form)(x, *pair)``: the int8
+    form packs the bias with the weight."""
+    if form == "int8":
+        return pack_int8_weight(linear_weight, bias), None
+    if form == "bf16-packed":
+        return pack_weight(linear_weight), bias
+    return linear_weight, bias
+
+
+def _layer_step_weights(layer: DecoderLayer, form: StepWeights) -> _LayerStep:
     sa, ca, ff = layer.self_attn, layer.cross_attn, layer.feed_forward
     # Stacked once, not per step: a copy of the weights per step would cost about what
     # the three projections of one token do.
     qkv_weight, qkv_bias = sa.stacked_qkv()
 
-    def w(linear: nn.Linear) -> tuple[Tensor, Tensor | None]:
-        return (pack_weight(linear.weight) if pack else linear.weight), linear.bias
+    def w(linear: nn.Linear) -> tuple:
+        return step_matrix(linear.weight, linear.bias, form)
 
+    linear = step_linear(form)
     linear1, activation = w(ff.linear1), _ACTIVATIONS[ff.activation]
-    if pack and ff.activation == "relu":
+    if form == "bf16-packed" and ff.activation == "relu":
         # oneDNN applies the ReLU as it writes the product: one pass fewer.
         def feed_forward_in(x: Tensor) -> Tensor:
             return torch.ops.mkldnn._linear_pointwise(x, *linear1, "relu", [], "")
     else:
-        linear = packed_linear if pack else F.linear
 
         def feed_forward_in(x: Tensor) -> Tensor:
             return activation(linear(x, *linear1))
@@ -424,9 +460,8 @@ def _layer_step_weights(layer: DecoderLayer, pack: bool) -> _LayerStep:
     return _LayerStep(
         layer.norm_first,
         feed_forward_in,
-        packed_linear if pack else F.linear,
-        pack_weight(qkv_weight) if pack else qkv_weight,
-        qkv_bias,
+        linear,
+        *step_matrix(qkv_weight, qkv_bias, form),
         w(sa.out_proj),
         _norm_args(layer.self_attn_norm),
         w(ca.q_proj),
@@ -443,10 +478,10 @@ def _layer_step_weights(layer: DecoderLayer, pack: bool) -> _LayerStep:
 _KEPT: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, object]] = weakref.WeakKeyDictionary()
 
 
-def kept_weights(module: nn.Module, pack: bool, build: Callable[[], object]) -> object:
+def kept_weights(module: nn.Module, form: str, build: Callable[[], object]) -> object:
     """``build()`` (under ``no_grad``), or what it returned before for ``module`` with the
-    same parameters and the same ``pack``."""
-    version = (pack, weights_version(module.parameters()))
+    same parameters and the same ``form``."""
+    version = (form, weights_version(module.parameters()))
     kept = _KEPT.get(module)
     if kept is not None and kept[0] == version:
         return kept[1]
@@ -529,10 +564,13 @@ class StaticDecoderCache:
         cross_key: Tensor,
         cross_value: Tensor,
         memory_mask: Tensor,
+        form: StepWeights = "plain",
     ) -> None:
         self.weights: list[_LayerStep] = weights  # type: ignore[assignment]
-        # The output projection packed like the step's weights (set by the model), or None.
-        self.output_weight: Tensor | None = None
+        self.form = form  # how the step holds its matrices (step_weights)
+        # The output projection in the same form, (weight, bias) for step_linear(form),
+        # set by the model; None: the model's own module.
+        self.output_weight: tuple | None = None
         self.key, self.value = key, value
         self.cross_key, self.cross_value = cross_key, cross_value
         self.memory_mask = memory_mask
@@ -610,10 +648,17 @@ class Decoder(nn.Module):
         return torch.stack(keys), torch.stack(values), mask
 
     def init_static_cache(
-        self, memory: Tensor, memory_key_padding_mask: Tensor | None, max_len: int
+        self,
+        memory: Tensor,
+        memory_key_padding_mask: Tensor | None,
+        max_len: int,
+        *,
+        quantize: str | None = None,
     ) -> StaticDecoderCache:
         """A :class:`StaticDecoderCache` for up to ``max_len`` new positions, with the
-        cross-attention keys and values of ``memory`` projected.
+        cross-attention keys and values of ``memory`` projected. ``quantize="int8"``:
+        the steps multiply by int8 copies of the weights (:mod:`qkv.quantize`; a CPU
+        only), within a tolerance of the model's own.
 
         Shape: memory ``(b, s, d)``, memory_key_padding_mask ``(b, s)`` True = real token.
         """
@@ -621,15 +666,15 @@ class Decoder(nn.Module):
             raise ValueError("a static cache needs plain DecoderLayer layers in the decoder")
         if max_len < 1:
             raise ValueError(f"max_len must be at least 1, got {max_len}")
+        form = step_weights(memory.device, memory.dtype, quantize)
         cross_key, cross_value, mask = self.cross_attention_cache(memory, memory_key_padding_mask)
         n, b, heads, _, head_dim = cross_key.shape
         key = memory.new_zeros(n, b, heads, max_len, head_dim)
         value = memory.new_zeros(n, b, heads, max_len, head_dim)
-        pack = packs_bf16_weights(memory.device, memory.dtype)
         weights = kept_weights(
-            self, pack, lambda: [_layer_step_weights(layer, pack) for layer in self.layers]
+            self, form, lambda: [_layer_step_weights(layer, form) for layer in self.layers]
         )
-        return StaticDecoderCache(weights, key, value, cross_key, cross_value, mask)
+        return StaticDecoderCache(weights, key, value, cross_key, cross_value, mask, form)
 
     def step(self, x: Tensor, cache: StaticDecoderCache) -> Tensor:
         """The stack on one new position per row with a :class:`StaticDecoderCache`:

@@ -16,7 +16,7 @@ qkv translate train --from opus-mt-de-en/ --train de-en.tsv --run-dir runs/ft --
 qkv translate export-hf runs/ft -o opus-mt-de-en-ft/
 qkv translate train --preset small --direction en-de --run-dir runs/en-de
 qkv translate back-translate runs/en-de -o synthetic.tsv        (English text -> German)
-qkv translate train --preset bt --back-translated synthetic.tsv --run-dir runs/de-en-bt
+qkv translate train --preset hour --back-translated synthetic.tsv --run-dir runs/de-en-bt
 
 JSON keys
   qkv translate RUN --json, one object per input line, in input order:
@@ -55,7 +55,9 @@ from qkv.cli._options import (
     add_json,
     add_overwrite,
     add_progress,
+    add_quantize,
     add_training_speed,
+    check_quantize,
     device,
     inference_device,
     non_negative_float,
@@ -241,6 +243,7 @@ def _eval_parser() -> argparse.ArgumentParser:
         help="print this many translated test sentences beside their references",
     )
     add_inference_options(p)
+    add_quantize(p)
     add_json(p, what="the scores as one JSON object")
     return p
 
@@ -328,6 +331,7 @@ def _translate_parser() -> argparse.ArgumentParser:
     )
     add_json(p, what="one JSON object per input line")
     add_inference_options(p)
+    add_quantize(p)
     p.add_argument(
         "--no-cuda-graphs",
         action="store_true",
@@ -542,9 +546,11 @@ def _eval(argv: list[str]) -> int:
     if options.test is not None and options.split != "test":
         parser.error("--split chooses one of the run's own splits; --test names a file")
     where, dtype = inference_device(options)
+    check_quantize(parser, options, where)
     translator = load_translator(
         options.checkpoint, average_last=options.average, device=where, dtype=dtype
     )
+    translator.quantize = options.quantize
     pairs, name = _test_pairs(
         translator, options.test, options.data, options.skip_bad_lines, options.split
     )
@@ -616,10 +622,11 @@ def _translate(argv: list[str]) -> int:
         what = "sampling draws one" if options.sample else f"the beam keeps {beam}"
         parser.error(f"--n-best {n_best} asks for more translations than {what} (--beam)")
     where, dtype = inference_device(options)
-
+    check_quantize(parser, options, where)
     translator = load_translator(
         options.checkpoint, average_last=options.average, device=where, dtype=dtype
     )
+    translator.quantize = options.quantize
     if options.no_cuda_graphs:
         translator.cuda_graphs = False
     logging.getLogger(__name__).info(
@@ -774,6 +781,7 @@ def _back_translate_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     add_inference_options(p)
+    add_quantize(p)
     add_progress(p)
     return p
 
@@ -796,7 +804,9 @@ def _back_translate(argv: list[str]) -> int:
     if not output.absolute().parent.is_dir():
         raise FileNotFoundError(f"{output.absolute().parent}: no such folder (--output)")
     where, dtype = inference_device(options)
+    check_quantize(parser, options, where)
     reverse = load_translator(options.checkpoint, device=where, dtype=dtype)
+    reverse.quantize = options.quantize
     if options.input is None:
         if reverse.src_lang != "en":
             raise ValueError(

@@ -30,9 +30,8 @@ from qkv.layers import (
     EncoderOutput,
     StaticDecoderCache,
     kept_weights,
-    pack_weight,
-    packed_linear,
-    packs_bf16_weights,
+    step_linear,
+    step_matrix,
 )
 from qkv.losses import IGNORE_INDEX, cross_entropy
 from qkv.masks import padding_mask_from_ids
@@ -194,9 +193,9 @@ class Transformer(nn.Module):
         """The decoder's output ``(..., d)`` -> vocabulary logits ``(..., V)``: the output
         projection, plus the final logits bias when the model has one. ``cache``: the
         static cache of the step, whose packed copy of the projection is used if it has
-        one (bf16 on a CPU)."""
+        one (bf16 on a CPU, or int8)."""
         if cache is not None and cache.output_weight is not None:
-            logits = packed_linear(hidden, cache.output_weight, None)
+            logits = step_linear(cache.form)(hidden, *cache.output_weight)
         else:
             logits = self.output_proj(hidden)
         if self.final_logits_bias is not None:
@@ -256,12 +255,19 @@ class Transformer(nn.Module):
         return self.decoder.supports_static_cache and isinstance(self.tgt_positional, positional)
 
     def init_static_cache(
-        self, memory: Tensor, memory_key_padding_mask: Tensor | None, max_len: int
+        self,
+        memory: Tensor,
+        memory_key_padding_mask: Tensor | None,
+        max_len: int,
+        *,
+        quantize: str | None = None,
     ) -> StaticDecoderCache:
         """A cache for :meth:`decode` allocated once for ``max_len`` new tokens and written
         in place (:class:`~qkv.layers.StaticDecoderCache`), with the cross-attention keys
         and values of ``memory`` projected now. :meth:`decode` then takes one token per
-        row and step, and reads neither ``memory`` nor its mask again.
+        row and step, and reads neither ``memory`` nor its mask again. ``quantize="int8"``:
+        int8 copies of the decoder's matrices and the output projection
+        (:mod:`qkv.quantize`; a CPU only).
 
         Shape: memory ``(b, k, d)``, memory_key_padding_mask ``(b, k)`` True = real token.
         """
@@ -274,11 +280,14 @@ class Transformer(nn.Module):
             raise ValueError(
                 f"max_len ({max_len}) exceeds the model's {self.config.max_len} positions"
             )
-        cache = self.decoder.init_static_cache(memory, memory_key_padding_mask, max_len)
-        projection = self.output_proj
-        if projection.bias is None and packs_bf16_weights(memory.device, memory.dtype):
-            packed = kept_weights(projection, True, lambda: pack_weight(projection.weight))
-            cache.output_weight = packed  # type: ignore[assignment]
+        cache = self.decoder.init_static_cache(
+            memory, memory_key_padding_mask, max_len, quantize=quantize
+        )
+        projection, form = self.output_proj, cache.form
+        if form != "plain":
+            cache.output_weight = kept_weights(  # type: ignore[assignment]
+                projection, form, lambda: step_matrix(projection.weight, projection.bias, form)
+            )
         return cache
 
     def _decode_static(self, tgt_ids: Tensor, cache: StaticDecoderCache) -> DecoderOutput:

@@ -58,6 +58,8 @@ class Translator:
 
     ``cuda_graphs``: replay each decoder step as a CUDA graph (see
     :func:`qkv.decoding.greedy_decode`); ``None``: on for a model on a CUDA device.
+    ``quantize``: ``"int8"`` decodes with int8 copies of the decoder's weights
+    (:mod:`qkv.quantize`, a CPU only).
     """
 
     model: Transformer
@@ -74,6 +76,9 @@ class Translator:
     # Decoder steps replayed as CUDA graphs (qkv.decoding's ``cuda_graphs``): None, on
     # when the model is on a CUDA device; False, off.
     cuda_graphs: bool | None = None
+    # "int8": decode with int8 copies of the decoder's weights (qkv.decoding's
+    # ``quantize``; a CPU only); None: the model's own weights.
+    quantize: str | None = None
 
     def __post_init__(self) -> None:
         source, _, target = self.direction.partition("-")
@@ -176,7 +181,9 @@ class Translator:
             src = pad_ids([encoded[i] for i in chunk], self.model.config.pad_id)  # (b, k)
             src = src.to(self.device)
             # The decoder's start and end ids are the model's (config.bos_id, eos_id).
-            common: dict[str, Any] = dict(max_len=max_length, cuda_graphs=self.cuda_graphs)
+            common: dict[str, Any] = dict(
+                max_len=max_length, cuda_graphs=self.cuda_graphs, quantize=self.quantize
+            )
             if sample:
                 result = sample_decode(
                     self.model,

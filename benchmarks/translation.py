@@ -53,13 +53,10 @@ import json
 import statistics
 import sys
 import time
-import typing
 from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from types import UnionType
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +78,6 @@ from qkv.tasks.translation import (  # noqa: E402
     encode_pairs,
     epoch_batches,
 )
-from qkv.train.recipe import field_type  # noqa: E402
 
 SECTION = "## Translation (benchmarks/translation.py)"
 
@@ -306,43 +302,12 @@ def throughput(args: argparse.Namespace) -> str:
 
 
 def _override(recipe: TranslationPreset, assignments: Sequence[str]) -> TranslationPreset:
-    """A preset with ``FIELD=VALUE`` assignments applied (``max_tokens``, ``train.lr``,
-    ``model.dropout``: values parsed as the field's declared type), for recipes that
-    are measured before they become presets."""
-    names = recipe.field_names()
-    changes: dict[str, object] = {}
-    for assignment in assignments:
-        field, sep, text = assignment.partition("=")
-        if not sep or field not in names:
-            raise SystemExit(
-                f"--set {assignment!r}: expected FIELD=VALUE, FIELD one of {', '.join(names)}"
-            )
-        kind = field_type(recipe, field)
-        try:
-            changes[field] = _parse(text, kind)
-        except (KeyError, ValueError, StopIteration):
-            raise SystemExit(f"--set {assignment!r}: {field} takes {kind}") from None
+    """A preset with ``--set FIELD=VALUE`` assignments applied (:meth:`Recipe.override_text`),
+    for recipes that are measured before they become presets."""
     try:
-        return recipe.override(changes)
+        return recipe.override_text(assignments)
     except ValueError as error:
-        raise SystemExit(f"--set: {error}") from None
-
-
-def _parse(text: str, kind: object) -> object:
-    """``text`` as a value of the type ``kind`` (bool, int, float, str, a Literal, or
-    one of them or None)."""
-    options = typing.get_args(kind) if typing.get_origin(kind) in (Union, UnionType) else (kind,)
-    if type(None) in options and text.lower() == "none":
-        return None
-    kind = next(o for o in options if o is not type(None))
-    if kind is bool:
-        return {"true": True, "1": True, "false": False, "0": False}[text.lower()]
-    if kind in (int, float, str):
-        return kind(text)
-    choices = typing.get_args(kind)  # a Literal
-    if text not in choices:
-        raise ValueError(f"one of {choices}")
-    return text
+        raise SystemExit(str(error)) from None
 
 
 def train(args: argparse.Namespace) -> str:

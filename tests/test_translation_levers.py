@@ -273,6 +273,26 @@ def test_training_with_back_translated_pairs_tags_and_records_them(tmp_path):
                          back_translated=synthetic)  # fmt: skip
 
 
+def test_the_command_line_sets_recipe_fields_and_resumes_only_the_same(tmp_path, capsys):
+    rows = [(f"le {WORDS[i % 8]} numéro {i}.", f"the {ENGLISH[i % 8]} number {i}.")
+            for i in range(120)]  # fmt: skip
+    corpus = _write_tsv(tmp_path / "fr-en.tsv", rows)
+    run = tmp_path / "run"
+    argv = ["--threads", "1", "translate", "train", "--preset", "tiny", "--train", str(corpus),
+            "--src-lang", "fr", "--tgt-lang", "en", "--vocab-size", "200", "--run-dir", str(run),
+            "--no-progress", "--test-limit", "2", "--set", "alternatives=split",
+            "--set", "word_dropout=0.1", "--set", "model.dropout=0.3"]  # fmt: skip
+    assert main([*argv, "--steps", "1"]) == 0
+    identity = json.loads((run / "run.json").read_text())
+    assert identity["alternatives"] == "split" and identity["word_dropout"] == 0.1
+    assert identity["model"]["dropout"] == 0.3
+    capsys.readouterr()
+    # Resuming with another recipe is refused, naming the field; the same one goes on.
+    assert main([*argv[:-2], "--steps", "2", "--resume"]) == 1
+    assert "model" in capsys.readouterr().err
+    assert main([*argv, "--steps", "2", "--resume"]) == 0
+
+
 def test_the_tagged_and_split_pairs_are_what_training_reads(tmp_path, monkeypatch):
     from qkv.tasks.translation import train as train_module
 

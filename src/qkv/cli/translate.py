@@ -172,6 +172,15 @@ def _train_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--steps", type=positive_int, help="override the preset's number of steps")
     p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change one field of the preset (repeatable), e.g. model.dropout=0.3, "
+        "word_dropout=0.1, alternatives=first, train.lr=5e-4; an unknown field lists the "
+        "known ones; recorded in the run, so --resume needs the same",
+    )
+    p.add_argument(
         "--limit",
         type=positive_int,
         help="use only the first N sentence pairs of the training data (smoke tests)",
@@ -483,10 +492,15 @@ def _own_data(options: argparse.Namespace) -> Any:
 def _train(argv: list[str]) -> int:
     import torch
 
-    from qkv.tasks.translation import load_translator, train_translator
+    from qkv.tasks.translation import PRESETS, load_translator, train_translator
     from qkv.train.distributed import is_main_process
 
-    options = _train_parser().parse_args(argv)
+    parser = _train_parser()
+    options = parser.parse_args(argv)
+    try:
+        recipe = PRESETS[options.preset].override_text(options.set)
+    except ValueError as error:
+        parser.error(str(error))
     own = options.train is not None or options.source_file is not None
     if options.start_from is not None and own:
         # The Marian folder names its languages; the corpus need not repeat them.
@@ -496,7 +510,7 @@ def _train(argv: list[str]) -> int:
     data = _own_data(options)
     train_translator(
         options.run_dir,
-        options.preset,
+        recipe,
         direction=options.direction or "de-en",
         data_path=options.data,
         data=data,

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Self, TypeVar
+from types import UnionType
+from typing import Any, Generic, Self, TypeVar, Union
 
 from qkv.train.engine import TrainConfig
 
@@ -61,6 +62,30 @@ class Recipe(Generic[ModelConfig]):
                 own[part] = dataclasses.replace(current, **values)
         return dataclasses.replace(self, **own)
 
+    def override_text(self, assignments: Sequence[str]) -> Self:
+        """:meth:`override` from ``FIELD=VALUE`` strings (``--set train.lr=3e-4``), each
+        value read as its field's declared type (bool, int, float, str, a ``Literal``'s
+        choice, ``none`` where None is allowed). ``ValueError`` naming the assignment
+        for an unknown field, a value of the wrong type, or one the configuration
+        refuses."""
+        names = self.field_names()
+        changes: dict[str, Any] = {}
+        for assignment in assignments:
+            key, sep, text = assignment.partition("=")
+            if not sep or key not in names:
+                raise ValueError(
+                    f"--set {assignment!r}: expected FIELD=VALUE, FIELD one of {', '.join(names)}"
+                )
+            kind = field_type(self, key)
+            try:
+                changes[key] = _parse(text, kind)
+            except (KeyError, ValueError, StopIteration):
+                raise ValueError(f"--set {assignment!r}: {key} takes {_type_name(kind)}") from None
+        try:
+            return self.override(changes)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"--set: {error}") from None
+
     def field_names(self) -> list[str]:
         """Every name :meth:`override` takes."""
         names = [n for n in _field_names(self) if n not in ("model", "train")]
@@ -71,6 +96,29 @@ class Recipe(Generic[ModelConfig]):
 
 def _field_names(obj: Any) -> list[str]:
     return list(obj) if isinstance(obj, dict) else [f.name for f in dataclasses.fields(obj)]
+
+
+def _parse(text: str, kind: Any) -> Any:
+    """``text`` as a value of the type ``kind`` (bool, int, float, str, a Literal, or
+    one of them or None)."""
+    options = typing.get_args(kind) if typing.get_origin(kind) in (Union, UnionType) else (kind,)
+    if type(None) in options and text.lower() == "none":
+        return None
+    kind = next(o for o in options if o is not type(None))
+    if kind is bool:
+        return {"true": True, "1": True, "false": False, "0": False}[text.lower()]
+    if kind in (int, float, str):
+        return kind(text)
+    choices = typing.get_args(kind)  # a Literal
+    if text not in choices:
+        raise ValueError(f"one of {choices}")
+    return text
+
+
+def _type_name(kind: Any) -> str:
+    if typing.get_origin(kind) is typing.Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(kind)))
+    return getattr(kind, "__name__", str(kind))
 
 
 def field_type(recipe: Recipe[Any], key: str) -> Any:

@@ -14,7 +14,9 @@ Subcommands:
 ``decode NAME``: beam sizes and length penalties on the validation split;
 ``final NAME``: the test split, with the decoding chosen on the validation split;
 ``table``: every ``lever.json`` as one Markdown table (``--results`` writes it into
-``benchmarks/RESULTS.md``).
+``benchmarks/RESULTS.md``);
+``ensemble NAME NAME ...``: the runs' models decoding together on the validation split
+(each step's next-token log-probabilities averaged; the runs must share a tokenizer).
 
 Run (from the repository root):
     .venv/bin/python benchmarks/translation_levers.py run medium --preset medium --threads 1
@@ -27,11 +29,13 @@ Run (from the repository root):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from _common import log, write_results
@@ -135,6 +139,79 @@ def final(args: argparse.Namespace) -> None:
     write_json_atomic(folder / "lever.json", lever)
 
 
+class _Ensemble(torch.nn.Module):
+    """Models that share a tokenizer, as one model for :mod:`qkv.decoding` (growing
+    cache): the memories side by side along the width, each step's log-probabilities
+    averaged (their normalised geometric mean, once the search's log-softmax runs)."""
+
+    supports_static_cache = False
+
+    def __init__(self, models: Sequence[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(models)
+        self.config = models[0].config
+        self.width = self.config.d_model
+
+    def encode(self, src_ids, src_key_padding_mask=None):  # (b, s) -> (b, s, n·d)
+        states = [
+            m.encode(src_ids, src_key_padding_mask=src_key_padding_mask) for m in self.members
+        ]
+        return SimpleNamespace(
+            last_hidden_state=torch.cat([o.last_hidden_state for o in states], -1)
+        )
+
+    def init_cache(self):
+        return _EnsembleCache([m.init_cache() for m in self.members])
+
+    def decode(self, tgt_ids, memory, memory_key_padding_mask=None, cache=None):
+        hidden = [
+            m.decode(tgt_ids, part, memory_key_padding_mask=memory_key_padding_mask, cache=c)
+            for m, part, c in zip(
+                self.members, memory.split(self.width, -1), cache.caches, strict=True
+            )
+        ]
+        return SimpleNamespace(
+            last_hidden_state=torch.cat([h.last_hidden_state for h in hidden], -1)
+        )
+
+    def logits(self, hidden):  # (n, m·d) -> (n, V)
+        parts = hidden.split(self.width, -1)
+        each = [
+            torch.log_softmax(m.logits(h).float(), -1)
+            for m, h in zip(self.members, parts, strict=True)
+        ]
+        return torch.stack(each).mean(0)
+
+
+class _EnsembleCache:
+    def __init__(self, caches: list) -> None:
+        self.caches = caches
+
+    def reorder(self, index: torch.Tensor) -> None:
+        for cache in self.caches:
+            cache.reorder(index)
+
+
+def ensemble(args: argparse.Namespace) -> None:
+    folders = [RUNS / name for name in args.names]
+    tokenizers = {(f / "tokenizer.json").read_bytes() for f in folders}
+    if len(tokenizers) != 1:
+        raise SystemExit("ensemble: the runs' tokenizers differ")
+    members = []
+    for folder in folders:
+        lever = json.loads((folder / "lever.json").read_text())
+        members.append(load_translator(folder, average_last=lever["recipe"]["average_last"]))
+    together = dataclasses.replace(members[0], model=_Ensemble([t.model for t in members]).eval())
+    pairs = load_translation(None).valid
+    for beam in args.beams:
+        hypotheses = together.translate([s for s, _ in pairs], beam_size=beam)
+        found = score(hypotheses, [t for _, t in pairs])
+        log(
+            f"ensemble of {', '.join(args.names)} (each averaged), valid, beam {beam}: BLEU "
+            f"{found['bleu']:.2f} (multi {found['bleu_multi']:.2f}, chrF {found['chrf']:.2f})"
+        )
+
+
 def table(args: argparse.Namespace) -> str:
     levers = [json.loads(path.read_text()) for path in sorted(RUNS.glob("*/lever.json"))]
     levers.sort(key=lambda lever: lever["date"] + lever["name"])
@@ -225,6 +302,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--length-penalties", type=float, nargs="+", default=[0.6, 1.0, 1.5])
     p = sub.add_parser("final")
     p.add_argument("name")
+    p = sub.add_parser("ensemble")
+    p.add_argument("names", nargs="+")
+    p.add_argument("--beams", type=int, nargs="+", default=[1, 4])
     p = sub.add_parser("table")
     p.add_argument("--results", type=Path, help="write the table into this Markdown file")
     p.add_argument("--curves", type=Path, help="draw every lever's validation curves here")
@@ -241,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.results:
             write_results(args.results, text, section=SECTION)
         return
-    {"run": run, "decode": decode, "final": final}[args.job](args)
+    {"run": run, "decode": decode, "final": final, "ensemble": ensemble}[args.job](args)
 
 
 if __name__ == "__main__":

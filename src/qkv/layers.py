@@ -363,7 +363,8 @@ class _LayerStep(NamedTuple):
     norm_first: bool
     feed_forward_in: Callable[[Tensor], Tensor]  # activation(linear1(x))
     linear: Callable[..., Tensor]  # F.linear, or the one for the packed forms (step_linear)
-    # Each matrix with its bias as step_matrix gives them: linear(x, *pair).
+    # Each matrix with its bias as step_matrix gives them, called as linear(x, *pair): a
+    # tensor, or in the int8 form an opaque packed weight with the bias inside (bias None).
     qkv_weight: Tensor  # (3d, d): the q, k and v projections stacked
     qkv_bias: Tensor | None  # (3d,)
     self_out: tuple[Tensor, Tensor | None]

@@ -205,6 +205,41 @@ def test_classify_on_a_hugging_face_folder_gives_transformers_probabilities(
             assert ours[label] == pytest.approx(p, abs=1e-5), (path, label)
 
 
+def test_eval_on_a_folder_reads_each_image_as_the_processor_does(tmp_path, capsys):
+    # Each image filed under the class transformers predicts for it: the right accuracy
+    # is 100%. Among them, images for which qkv's own reading (shorter side resized,
+    # centre cut out) makes this model predict another class than the processor's
+    # reading (both sides resized, bicubic) does.
+    transformers = pytest.importorskip("transformers")
+    from PIL import Image
+
+    from qkv.data.image_folder import read_image_file
+
+    folder = tmp_path / "vit"
+    save_pretrained(tiny_vit(), folder, label_names=["a", "b", "c"])
+    processor = transformers.ViTImageProcessorPil(size={"height": SIZE, "width": SIZE}, resample=3)
+    processor.save_pretrained(folder)
+    model = transformers.ViTForImageClassification.from_pretrained(folder).eval()
+    classifier = load_classifier(folder)
+    images, rng, telling = tmp_path / "images", np.random.default_rng(1), 0
+    for k in range(30):
+        height, width = rng.integers(10, 60, 2)
+        path = tmp_path / f"{k}.png"
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+        with Image.open(path) as picture:
+            pixels = processor(picture, return_tensors="pt")
+        with torch.no_grad():
+            label = model.config.id2label[int(model(**pixels).logits.argmax())]
+        cropped = torch.from_numpy(read_image_file(path, SIZE, 3)).float()
+        telling += classifier.classes[int(classifier.probabilities(cropped).argmax())] != label
+        (images / label).mkdir(parents=True, exist_ok=True)
+        path.rename(images / label / path.name)
+    assert telling > 0  # the test can fail
+    assert main(["vit", "eval", str(folder), "--images", str(images), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["images"], result["accuracy"]) == (30, 1.0)
+
+
 def test_qkv_attention_reads_the_image_as_the_processor_does(image_files, tmp_path):
     transformers = pytest.importorskip("transformers")
     from PIL import Image

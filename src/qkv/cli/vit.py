@@ -214,7 +214,11 @@ def _eval(argv: list[str]) -> int:
     if o.images is not None:
         from qkv.data.image_folder import load_image_folder
 
-        folder = load_image_folder(o.images, skip_bad_files=o.skip_bad_files, **size)
+        # Each file read as the model reads images: a Hugging Face folder's processor,
+        # or the crop the run was trained with.
+        folder = load_image_folder(
+            o.images, skip_bad_files=o.skip_bad_files, reader=classifier.read_pixels, **size
+        )
         test = replace(
             folder.images,
             labels=classifier.folder_labels(o.images, folder.images),

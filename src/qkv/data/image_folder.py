@@ -30,8 +30,9 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -223,8 +224,13 @@ def load_image_folder(
     channels: int,
     skip_bad_files: bool = False,
     classes: Sequence[str] | None = None,
+    reader: Callable[[Path], np.ndarray] | None = None,
 ) -> ImageFolder:
     """Decode every image of ``directory`` (see :func:`read_image_file`) into memory.
+
+    ``reader``: how one file becomes the model's ``uint8`` ``(c, S, S)`` pixels, for a
+    model that reads its images otherwise (a Hugging Face folder's image processor);
+    default: :func:`read_image_file` at ``image_size`` and ``channels``.
 
     ``classes``: the class names of the training folder; this folder's must be the same
     (``ValueError`` naming the folder and the classes missing or extra). An unreadable
@@ -237,10 +243,12 @@ def load_image_folder(
     found, samples = list_images(directory)
     if classes is not None:
         check_same_classes(directory, found, classes)
+    if reader is None:
+        reader = partial(read_image_file, image_size=image_size, channels=channels)
     pixels, labels, files, skipped = [], [], [], []
     for relative, label in samples:
         try:
-            pixels.append(read_image_file(directory / relative, image_size, channels))
+            pixels.append(reader(directory / relative))
         except ValueError:
             if not skip_bad_files:
                 raise

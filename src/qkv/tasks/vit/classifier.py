@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -142,12 +143,19 @@ class Classifier:
 
         Shape: ``(c, H, W)`` float32, values in ``[0, max_value]``.
         """
-        c = self.config
-        if self.processor is not None:
-            pixels = self.processor.read(path)
-        else:
-            pixels = read_image_file(path, c.image_size, c.in_channels, crop=self.crop)
+        pixels = self.read_pixels(path)
         return torch.from_numpy(pixels).float() * (self.max_value / 255.0)  # (c, H, W)
+
+    def read_pixels(self, path: str | os.PathLike[str]) -> np.ndarray:
+        """An image file resized and cropped as this model reads its images (see
+        :meth:`read_image`), in 0-255 units.
+
+        Shape: ``uint8`` ``(c, H, W)``.
+        """
+        if self.processor is not None:
+            return self.processor.read(path)
+        c = self.config
+        return read_image_file(path, c.image_size, c.in_channels, crop=self.crop)
 
     def classify(self, images: Tensor, top_k: int = 5) -> list[Prediction]:
         """The ``top_k`` classes of each image, with their probabilities.

@@ -370,6 +370,12 @@ def test_fine_tune_a_marian_folder_and_export_it(
         ).logits
         got = translator.model(src, tgt).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    # A second export never writes over the first.
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(["translate", "export-hf", str(run), "-o", str(out)]) == 1
+    assert capsys.readouterr().err.strip().endswith(f"{out} already exists; give a new folder")
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
 def test_fine_tuning_refuses_a_vocabulary_size(folder: Path, tmp_path: Path, capsys) -> None:

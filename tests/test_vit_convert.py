@@ -154,6 +154,19 @@ def test_image_files_reach_the_model_as_transformers_processor_gives_them(
         assert_close(classifier.processor.pixel_values(path), expected, **PIXEL_TOL)
 
 
+@pytest.mark.parametrize("name", PROCESSOR_NAMES)
+def test_a_processor_written_back_reads_as_the_same_steps(name, tmp_path):
+    pytest.importorskip("transformers")
+    folder = tmp_path / "vit"
+    _processors()[name].save_pretrained(folder)
+    values = json.loads((folder / "preprocessor_config.json").read_text())
+    ours = image_processor_from_dict(values, image_size=SIZE)
+    again = image_processor_from_dict(ours.to_dict(), image_size=SIZE)
+    assert again.resize == ours.resize and again.crop == ours.crop
+    assert (again.resample, again.channels, again.image_size) == (ours.resample, 3, SIZE)
+    assert again.mean == pytest.approx(ours.mean) and again.std == pytest.approx(ours.std)
+
+
 def test_old_feature_extractor_files_with_int_sizes(image_files, tmp_path):
     transformers = pytest.importorskip("transformers")
     folder = tmp_path / "vit"

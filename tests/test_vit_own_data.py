@@ -416,3 +416,71 @@ def test_a_tiny_vit_learns_an_easy_folder(tmp_path, capsys):
     assert main(argv) == 0
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert report["test_accuracy"] >= 0.95
+
+
+# --- export-hf ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def colour_run(folder, tmp_path_factory):
+    """An RGB model (from a Hugging Face folder) trained 2 steps on the colour folder, at
+    12 px."""
+    from qkv.convert.vit import save_pretrained
+
+    root = tmp_path_factory.mktemp("colour")
+    torch.manual_seed(0)
+    save_pretrained(ViT(ViTConfig.digits(image_size=16, in_channels=3)), root / "hf")
+    argv = train_argv(folder, root / "run", "--from", str(root / "hf"), "--steps", "2")
+    assert main([*argv, "--image-size", "12"]) == 0
+    return root / "run"
+
+
+@pytest.mark.parametrize("which", ["grey", "colour"])
+def test_export_hf_reads_and_classifies_in_transformers_as_in_qkv(
+    which, request, folder, tmp_path, capsys
+):
+    transformers = pytest.importorskip("transformers")
+    from qkv.data.images import normalize
+    from qkv.tasks.vit import load_classifier
+
+    run_dir = request.getfixturevalue("run" if which == "grey" else "colour_run")
+    out = tmp_path / "hf"
+    status, stdout, err = run_cli(["vit", "export-hf", str(run_dir), "-o", str(out)], capsys)
+    assert status == 0, err
+    assert stdout.strip().splitlines()[-1] == f"wrote {out}"
+    processor = transformers.AutoImageProcessor.from_pretrained(out)
+    model = transformers.ViTForImageClassification.from_pretrained(out).eval()
+    classifier = load_classifier(run_dir)
+    assert [model.config.id2label[i] for i in range(3)] == classifier.classes
+    paths = sorted(p for p in folder.rglob("*") if p.suffix in (".png", ".jpg"))[:12]
+    status, stdout, err = run_cli(
+        ["vit", "classify", str(run_dir), *map(str, paths), "--top", "3", "--json"], capsys
+    )
+    assert status == 0, err
+    records = [json.loads(line) for line in stdout.splitlines()]
+    for path, record in zip(paths, records, strict=True):
+        with Image.open(path) as picture:
+            # A grey model: transformers takes grey pictures as they are.
+            picture = picture.convert("L") if which == "grey" else picture
+            pixels = processor(picture, return_tensors="pt")["pixel_values"]
+        ours = normalize(classifier.read_image(path), classifier.mean, classifier.std)
+        torch.testing.assert_close(pixels[0], ours, atol=1e-5, rtol=0)
+        with torch.no_grad():
+            probs = model(pixel_values=pixels).logits.softmax(-1)[0]
+        top = {row["label"]: row["probability"] for row in record["top"]}
+        for k, p in enumerate(probs.tolist()):
+            assert top[model.config.id2label[k]] == pytest.approx(p, abs=1e-5), path
+
+
+def test_export_hf_refuses_an_existing_folder_and_a_hugging_face_one(run, tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    status, _, err = run_cli(["vit", "export-hf", str(run), "-o", str(out)], capsys)
+    assert status == 1 and f"{out} already exists" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    hf = tmp_path / "hf"
+    assert main(["vit", "export-hf", str(run), "-o", str(hf)]) == 0
+    status, _, err = run_cli(["vit", "export-hf", str(hf), "-o", str(tmp_path / "x")], capsys)
+    assert status == 1 and "Hugging Face folder already" in err
+    assert not (tmp_path / "x").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, BinaryIO, NoReturn
@@ -298,6 +299,13 @@ def overwrite_option(function: Callable[..., Any], overwrite: bool) -> dict[str,
     if "overwrite" not in inspect.signature(function).parameters:
         raise ValueError(f"--overwrite: {function.__name__} does not support it in this version")
     return {"overwrite": True}
+
+
+def check_new_folder(path: str | os.PathLike[str]) -> None:
+    """Refuse (``FileExistsError``, one line) to write a new folder where something
+    already is: an export never replaces files it did not write."""
+    if os.path.lexists(path):
+        raise FileExistsError(f"{path} already exists; give a new folder")
 
 
 def read_lines(stream: Any = None, *, name: str = "stdin") -> list[str]:

@@ -57,6 +57,7 @@ from qkv.cli._options import (
     add_progress,
     add_quantize,
     add_training_speed,
+    check_new_folder,
     check_quantize,
     device,
     inference_device,
@@ -603,6 +604,7 @@ def _export_hf(argv: list[str]) -> int:
     from qkv.tasks.translation import load_translator
 
     options = _export_parser().parse_args(argv)
+    check_new_folder(options.output)
     translator = load_translator(options.checkpoint, average_last=options.average)
     save_pretrained(translator, options.output)
     print(f"wrote {options.output}")

@@ -9,6 +9,7 @@ qkv vit train --preset fashion --run-dir runs/vit-fashion --resume
 qkv vit eval runs/vit-pets --json
 qkv vit eval runs/vit-fashion --images my-test-folder/
 qkv vit classify runs/vit-fashion shoe.png bag.png fashion-mnist:0 --json
+qkv vit export-hf runs/vit-pets -o vit-pets-hf/
 
 Own images (``--images DIR``): the ImageFolder layout, one sub-folder per class (the
 class names are the sorted sub-folder names; hidden folders and files are ignored,
@@ -29,6 +30,12 @@ An image to classify is a file (converted, resized and cropped as for training; 
 Hugging Face folder, as its preprocessor_config.json says, like transformers' image
 processor) or ``fashion-mnist:N`` / ``digits:N`` for test image N of those sets. Fashion-MNIST
 pictures are light clothes on a black background.
+
+export-hf RUN -o DIR: a new Hugging Face folder (config.json with the class names,
+model.safetensors, preprocessor_config.json saying how image files are read and
+normalised) that ``transformers``' ``ViTForImageClassification`` and ``AutoImageProcessor``
+open and use as qkv does. A run trained with --test-flip averages each image with its
+mirror image at test time; transformers does not.
 
 JSON keys
     classify --json: one object per image: ``image`` (as given), ``label`` (the most
@@ -55,6 +62,7 @@ from qkv.cli._options import (
     add_overwrite,
     add_progress,
     add_training_speed,
+    check_new_folder,
     device,
     inference_device,
     non_negative_int,
@@ -75,7 +83,7 @@ def add_parser(subparsers: Any) -> None:
         "vit",
         help="train, evaluate and use a ViT image classifier (your own images, Fashion-MNIST)",
         usage=USAGE,
-        commands="train | eval | classify",
+        commands="train | eval | classify | export-hf",
         run=run,
     )
 
@@ -306,6 +314,37 @@ def _classify(argv: list[str]) -> int:
     return 0
 
 
+def _export_hf(argv: list[str]) -> int:
+    from qkv.convert.vit import save_pretrained
+    from qkv.tasks.vit import load_classifier
+
+    p = Parser(prog="qkv vit export-hf")
+    p.add_argument("checkpoint", help="a qkv ViT run directory or one of its checkpoints")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="DIR",
+        help="the new Hugging Face folder (config.json, model.safetensors, "
+        "preprocessor_config.json)",
+    )
+    o = p.parse_args(argv)
+    check_new_folder(o.output)
+    classifier = load_classifier(o.checkpoint)
+    if classifier.processor is not None:
+        raise ValueError(f"{o.checkpoint} is a Hugging Face folder already")
+    save_pretrained(
+        classifier.model,
+        o.output,
+        label_names=classifier.classes,
+        processor=classifier.image_processor(),
+    )
+    print(f"wrote {o.output}")
+    if classifier.test_flip:
+        print("note: the run averages each image with its mirror image; transformers will not")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    commands = {"train": _train, "eval": _eval, "classify": _classify}
+    commands = {"train": _train, "eval": _eval, "classify": _classify, "export-hf": _export_hf}
     return dispatch("vit", USAGE, commands, list(args.args))

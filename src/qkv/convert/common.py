@@ -183,18 +183,25 @@ def state_problems(
 
 
 def write_pretrained(
-    directory: str | Path, tensors: Mapping[str, Tensor], config: Mapping[str, Any]
+    directory: str | Path,
+    tensors: Mapping[str, Tensor],
+    config: Mapping[str, Any],
+    *,
+    json_files: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
-    """``model.safetensors`` and ``config.json`` into ``directory``, each written
-    atomically (a crash never leaves a half-written file under the real name). A new
-    ``directory`` appears as a whole: a crash never leaves weights without their config."""
+    """``model.safetensors``, ``config.json`` and ``json_files`` (file name -> content,
+    such as ``preprocessor_config.json``) into ``directory``, each written atomically (a
+    crash never leaves a half-written file under the real name). A new ``directory``
+    appears as a whole: a crash never leaves weights without their config."""
     from safetensors.torch import save_file
 
     plain = {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
+    files = {CONFIG_FILE: config, **(json_files or {})}
     with _new_folder(Path(directory)) as path:
         with atomic_write(path / "model.safetensors") as tmp:
             save_file(plain, str(tmp), metadata={"format": "pt"})
-        write_text_atomic(path / CONFIG_FILE, json.dumps(dict(config), indent=2) + "\n")
+        for name, content in files.items():
+            write_text_atomic(path / name, json.dumps(dict(content), indent=2) + "\n")
 
 
 #: Prefix of the folder a new checkpoint folder is written in before it is renamed into

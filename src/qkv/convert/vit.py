@@ -395,10 +395,15 @@ def from_pretrained(directory: str | os.PathLike[str], **overrides: Any) -> ViT:
 
 
 def save_pretrained(
-    model: ViT, directory: str | os.PathLike[str], *, label_names: Sequence[str] | None = None
+    model: ViT,
+    directory: str | os.PathLike[str],
+    *,
+    label_names: Sequence[str] | None = None,
+    processor: ImageProcessor | None = None,
 ) -> None:
     """Write ``config.json`` (:func:`config_to_hf`) and ``model.safetensors`` in the
-    layout ``transformers`` writes, each file atomically.
+    layout ``transformers`` writes, and with ``processor`` its
+    ``preprocessor_config.json`` (:meth:`ImageProcessor.to_dict`), each file atomically.
 
     ``transformers.ViTForImageClassification.from_pretrained(directory)`` opens the
     result and computes the same logits; so does :func:`from_pretrained`. A model
@@ -406,7 +411,8 @@ def save_pretrained(
     same model, read back with ``positional="learned"``).
     """
     config = config_to_hf(model, label_names)
-    write_pretrained(directory, _hf_state_dict(model), config)
+    files = {_PREPROCESSOR_FILE: processor.to_dict()} if processor is not None else None
+    write_pretrained(directory, _hf_state_dict(model), config, json_files=files)
 
 
 def label_names(directory: str | os.PathLike[str]) -> list[str] | None:
@@ -551,13 +557,9 @@ class ImageProcessor:
 
         Shape: ``uint8`` ``(c, S, S)``, values 0–255.
         """
-        from PIL import Image
+        from qkv.data.image_folder import to_mode
 
-        if "A" in picture.getbands() or picture.info.get("transparency") is not None:
-            rgba = picture.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            picture = Image.alpha_composite(white, rgba)
-        picture = picture.convert("L" if self.channels == 1 else "RGB")
+        picture = to_mode(picture, self.channels)
         if self.resize is not None:
             picture = picture.resize(self._resized_size(picture), resample=self.resample)
         pixels = np.asarray(picture, dtype=np.uint8).reshape(picture.height, picture.width, -1)
@@ -578,11 +580,9 @@ class ImageProcessor:
         if self.resize[0] != "shortest":
             height, width = self.resize
             return int(width), int(height)
-        edge = int(self.resize[1])
-        width, height = picture.size
-        short, long = (width, height) if width <= height else (height, width)
-        new_long = int(edge * long / short)  # truncated, as transformers does
-        return (edge, new_long) if width <= height else (new_long, edge)
+        from qkv.data.image_folder import shorter_side_to
+
+        return shorter_side_to(picture.size, int(self.resize[1]))
 
     def read(self, path: str | os.PathLike[str]) -> np.ndarray:
         """An image file as the model's input, before normalisation (:meth:`prepare`).
@@ -604,6 +604,44 @@ class ImageProcessor:
         from qkv.data.images import normalize
 
         return normalize(pixels, torch.tensor(self.mean), torch.tensor(self.std))
+
+    def to_dict(self) -> dict[str, Any]:
+        """This processor as a ``preprocessor_config.json`` that ``transformers``' image
+        processors (and :func:`image_processor_from_dict`) read back as the same steps.
+
+        The shorter side resized to the crop's side and the centre cut out is ConvNeXT's
+        processor with ``crop_pct`` 1 below 384 pixels (the one that does this since
+        transformers 4), ``DeiTImageProcessor`` otherwise; without a crop,
+        ``ViTImageProcessor``.
+        """
+        size: dict[str, int] | None = None
+        if self.resize is not None:
+            if self.resize[0] == "shortest":
+                size = {"shortest_edge": int(self.resize[1])}
+            else:
+                size = {"height": int(self.resize[0]), "width": int(self.resize[1])}
+        values: dict[str, Any] = {"image_processor_type": "ViTImageProcessor"}
+        if self.crop is not None:
+            values["image_processor_type"] = "DeiTImageProcessor"
+            edge = size and size.get("shortest_edge")
+            if edge is not None and self.crop == (edge, edge) and edge < 384:
+                values = {"image_processor_type": "ConvNextImageProcessor", "crop_pct": 1.0}
+            else:
+                crop = {"height": self.crop[0], "width": self.crop[1]}
+                values.update(do_center_crop=True, crop_size=crop)
+        values.update(do_resize=size is not None, resample=self.resample)
+        if size is not None:
+            values["size"] = size
+        return {
+            **values,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": [m / 255 for m in self.mean],
+            "image_std": [s / 255 for s in self.std],
+            # A colour model takes grey and transparent images as RGB, as qkv reads them.
+            "do_convert_rgb": self.channels == 3,
+        }
 
     def pixel_values(self, path: str | os.PathLike[str]) -> Tensor:
         """An image file as ``transformers``' processor gives it to the model.

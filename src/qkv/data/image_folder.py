@@ -186,13 +186,37 @@ def decode_image(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{path}: not a readable image ({error})") from None
 
 
+def to_mode(picture: Any, channels: int) -> Any:
+    """A ``PIL.Image.Image`` as grey ("L", ``channels=1``) or RGB; transparency laid over
+    white first, as ``transformers``' ``convert_to_rgb`` does (a plain conversion would
+    show whatever colour the transparent pixels happen to hold)."""
+    from PIL import Image
+
+    if "A" in picture.getbands() or picture.info.get("transparency") is not None:
+        rgba = picture.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        picture = Image.alpha_composite(white, rgba)
+    return picture.convert("L" if channels == 1 else "RGB")
+
+
+def shorter_side_to(size: tuple[int, int], edge: int) -> tuple[int, int]:
+    """``(width, height)`` resized so that the shorter side is ``edge``, the ratio kept and
+    the longer side truncated to whole pixels (as ``transformers``' ``shortest_edge`` and
+    torchvision's ``Resize(int)`` do)."""
+    width, height = size
+    if width <= height:
+        return edge, int(edge * height / width)
+    return int(edge * width / height), edge
+
+
 def read_image_file(
     path: str | os.PathLike[str], image_size: int, channels: int, *, crop: bool = True
 ) -> np.ndarray:
-    """One image as the model takes it: grey (``channels=1``) or RGB (``channels=3``),
-    the shorter side resized to ``image_size`` (bilinear, antialiased) and the centre
-    ``image_size × image_size`` cut out; ``crop=False`` resizes both sides to
-    ``image_size`` instead (Hugging Face's ViT image processor).
+    """One image as the model takes it: grey (``channels=1``) or RGB (``channels=3``,
+    :func:`to_mode`), the shorter side resized to ``image_size`` (bilinear, antialiased;
+    :func:`shorter_side_to`) and the centre ``image_size × image_size`` cut out, as
+    ``transformers``' ``DeiTImageProcessor`` does with ``size={"shortest_edge": S}``;
+    ``crop=False`` resizes both sides to ``image_size`` instead (its ``ViTImageProcessor``).
 
     Raises ``ValueError`` naming the file when it is not a readable image (not an image,
     truncated, empty) and ``FileNotFoundError`` when it does not exist.
@@ -203,11 +227,9 @@ def read_image_file(
 
     if channels not in (1, 3):
         raise ValueError(f"images have 1 (grey) or 3 (RGB) channels, not {channels}")
-    picture = decode_image(path).convert("L" if channels == 1 else "RGB")
-    width, height = picture.size
+    picture = to_mode(decode_image(path), channels)
     if crop:
-        scale = image_size / min(width, height)
-        size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
+        size = shorter_side_to(picture.size, image_size)
         picture = picture.resize(size, Image.Resampling.BILINEAR)
         left, top = (size[0] - image_size) // 2, (size[1] - image_size) // 2
         picture = picture.crop((left, top, left + image_size, top + image_size))

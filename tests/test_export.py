@@ -303,6 +303,36 @@ def test_the_translator_decodes_in_onnx_runtime_to_qkv_greedy_tokens(
     assert len({len(t) for t in tokens}) > 1 and len({i for t in tokens for i in t}) > 3
 
 
+@pytest.mark.parametrize(
+    ("beam_size", "alpha", "max_len", "min_len"),
+    [(4, None, None, 0), (3, 0.0, None, 0), (4, 1.0, 6, 6), (2, 0.6, 3, 0), (1, 0.0, None, 0)],
+)
+def test_the_translator_beam_searches_in_onnx_runtime_to_qkv_tokens(
+    translator_run, translator_onnx, beam_size, alpha, max_len, min_len
+):
+    from qkv.decoding import beam_search
+    from qkv.export.translator import OnnxTranslator
+    from qkv.tasks.translation import load_translator
+
+    translator = load_translator(translator_run)
+    rows = [[5, 9, 12, 2], [7, 8, 9, 10, 11, 30, 2], [30, 2], [13, 13, 20, 33, 2]]
+    src = _padded(rows, translator.model.config.pad_id)
+    exported = OnnxTranslator(translator_onnx, threads=1)
+    assert exported.meta["search"] == "gnmt"
+    tokens, log_probs, scores = exported.beam(
+        src, beam_size=beam_size, length_penalty=alpha, max_len=max_len, min_len=min_len
+    )
+    expected = beam_search(
+        translator.model, torch.from_numpy(src), beam_size=beam_size,
+        length_penalty=0.6 if alpha is None else alpha, max_len=max_len, min_len=min_len,
+    )  # fmt: skip
+    assert tokens == expected.tokens
+    np.testing.assert_allclose(log_probs, expected.log_probs.numpy(), atol=TOL, rtol=TOL)
+    np.testing.assert_allclose(scores, expected.scores.numpy(), atol=TOL, rtol=TOL)
+    if alpha is None:  # not a degenerate model: sentences of different lengths
+        assert len({len(t) for t in tokens}) > 1
+
+
 MARIAN_OPTIONS = {
     "bos_id": 0,  # the decoder starts with the pad id
     "final_logits_bias": True,
@@ -317,7 +347,7 @@ def test_a_marian_style_translator_decodes_the_same_in_onnx_runtime(tmp_path):
     eos forced at the limit, ...) reach the graphs through the model's own methods."""
     import dataclasses
 
-    from qkv.decoding import greedy_decode
+    from qkv.decoding import beam_search, greedy_decode
     from qkv.export.onnx import save_onnx
     from qkv.export.torch_export import export_program
     from qkv.export.translator import (
@@ -353,6 +383,27 @@ def test_a_marian_style_translator_decodes_the_same_in_onnx_runtime(tmp_path):
         expected = greedy_decode(model, torch.from_numpy(src), max_len=max_len)
         assert tokens == expected.tokens
         np.testing.assert_allclose(log_probs, expected.log_probs.numpy(), atol=TOL, rtol=TOL)
+    for alpha, max_len in ((0.6, None), (2.0, None), (1.0, 4)):  # GNMT's search
+        tokens, _, scores = exported.beam(src, beam_size=4, length_penalty=alpha, max_len=max_len)
+        expected = beam_search(
+            model, torch.from_numpy(src), beam_size=4, length_penalty=alpha, max_len=max_len
+        )
+        assert tokens == expected.tokens, alpha
+        np.testing.assert_allclose(scores, expected.scores.numpy(), atol=TOL, rtol=TOL)
+    # Beam search as generate does it, with each of its stopping rules.
+    meta["search"] = "hugging_face"
+    (tmp_path / METADATA_FILE).write_text(json.dumps(meta))
+    exported = OnnxTranslator(tmp_path, threads=1)
+    for early_stopping, max_len in ((False, None), (True, None), ("never", 5), (False, 3)):
+        tokens, log_probs, scores = exported.beam(
+            src, beam_size=3, max_len=max_len, early_stopping=early_stopping
+        )
+        expected = beam_search(
+            model, torch.from_numpy(src), beam_size=3, length_penalty=1.0, max_len=max_len,
+            style="hugging_face", early_stopping=early_stopping,
+        )  # fmt: skip
+        assert tokens == expected.tokens, early_stopping
+        np.testing.assert_allclose(scores, expected.scores.numpy(), atol=TOL, rtol=TOL)
 
 
 def test_the_decoder_step_graph_matches_qkv_decode_with_a_cache(translator_run, translator_onnx):

@@ -147,7 +147,12 @@ def _translator_plan(found: Any) -> _Plan:
 
     translator = load_translator(found.path)
     model = translator.model
-    meta = translator_metadata(model, src_lang=translator.src_lang, tgt_lang=translator.tgt_lang)
+    meta = translator_metadata(
+        model,
+        src_lang=translator.src_lang,
+        tgt_lang=translator.tgt_lang,
+        search=translator.search,
+    )
     # A qkv run keeps its tokenizer in the run directory, two levels above the checkpoint.
     side = [found.path] if found.hugging_face else [found.path, found.path.parent.parent]
     return _Plan("translator", translator_graphs(model), {}, side, meta)

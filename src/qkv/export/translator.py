@@ -238,10 +238,11 @@ def translator_graphs(model: Transformer) -> list[Graph]:
 
 
 class OnnxTranslator:
-    """Greedy decoding of an exported translator in ONNX Runtime, numpy only: the loop a
-    program outside PyTorch runs, step for step what :func:`qkv.decoding.greedy_decode`
-    does (ties to the lowest id, padding never produced, each sentence's limit its own
-    source length + 50, finished sentences fed padding while the rest go on).
+    """Greedy decoding and beam search of an exported translator in ONNX Runtime, numpy
+    only: the loops a program outside PyTorch runs, step for step what
+    :func:`qkv.decoding.greedy_decode` and :func:`qkv.decoding.beam_search` do (ties to
+    the lowest id, padding never produced, each sentence's limit its own source length +
+    50, finished sentences fed padding while the rest go on).
 
     ``folder``: what ``qkv export RUN --format onnx`` wrote. ``threads``: ONNX Runtime's
     intra-op threads (default: its own choice).
@@ -313,3 +314,163 @@ class OnnxTranslator:
             past = dict(zip(_cache_names("past", layers), present, strict=True))
         tokens = np.stack(produced, axis=1)  # (b, steps)
         return [row[:n].tolist() for row, n in zip(tokens, lengths, strict=True)], log_probs
+
+    def beam(
+        self,
+        src_ids: np.ndarray,
+        *,
+        beam_size: int = 4,
+        length_penalty: float | None = None,
+        max_len: int | None = None,
+        min_len: int = 0,
+        early_stopping: bool | str = False,
+    ) -> tuple[list[list[int]], np.ndarray, np.ndarray]:
+        """Beam search as :func:`qkv.decoding.beam_search` does it, in the style the
+        model was exported with (``translator.json``'s ``search``: GNMT's length penalty
+        and exact stopping rule for qkv's translators, ``transformers``' ``generate`` for
+        Marian ones, with ``early_stopping`` as there). ``length_penalty`` None: 0.6
+        (GNMT) or 1.0 (``generate``), as ``qkv translate`` uses.
+
+        Returns the best hypothesis of each sentence: token lists (without start and
+        eos), their total log-probabilities and their scores (log-probability / length
+        penalty).
+
+        Shape: src_ids ``(b, s)`` int64, padded with the pad id -> ``b`` lists, ``(b,)``,
+        ``(b,)``.
+        """
+        m, k = self.meta, beam_size
+        if k < 1:
+            raise ValueError(f"beam_size must be at least 1, got {k}")
+        hugging_face = m.get("search", "gnmt") == "hugging_face"
+        alpha = (1.0 if hugging_face else 0.6) if length_penalty is None else length_penalty
+        if not np.isfinite(alpha) or (alpha < 0 and not hugging_face):
+            raise ValueError(
+                f"length_penalty (α) must be finite (and >= 0 for GNMT's), got {alpha}"
+            )
+
+        def penalty(length: Any) -> Any:  # float32, as the PyTorch search computes it
+            n = np.float32(length) if np.isscalar(length) else length.astype(np.float32)
+            return n ** np.float32(alpha) if hugging_face else ((5 + n) / 6) ** np.float32(alpha)
+
+        pad, eos, layers = m["pad_id"], m["eos_id"], m["num_layers"]
+        src_ids = np.asarray(src_ids, dtype=np.int64)
+        mask = (src_ids != pad).astype(np.int64)  # (b, s)
+        b = src_ids.shape[0]
+        encoded = self.encoder.run(None, {"input_ids": src_ids, "attention_mask": mask})
+        # Row i·k + j is beam j of sentence i; the source's keys and values are the same
+        # for a sentence's beams, so they are never reordered.
+        cross = {
+            name: np.repeat(value, k, axis=0)
+            for name, value in zip(_cache_names("cross", layers), encoded[1:], strict=True)
+        }  # each (b·k, h, s, dh)
+        mask_k = np.repeat(mask, k, axis=0)  # (b·k, s)
+        limits = mask.sum(1) + m["max_len_margin"] if max_len is None else np.full(b, max_len)
+        limits = np.minimum(limits, m["max_positions"])  # (b,)
+        steps = int(limits.max())
+        last_lp = penalty(limits)  # (b,) the penalty at each one's maximum length
+        empty = np.zeros((b * k, m["num_heads"], 0, m["head_dim"]), dtype=np.float32)
+        past = dict.fromkeys(_cache_names("past", layers), empty)
+        first_row = np.arange(b)[:, None] * k  # (b, 1)
+        # The k start beams are one hypothesis: only beam 0 may expand at first.
+        alive_logp = np.full((b, k), -np.inf, dtype=np.float32)  # (b, k)
+        alive_logp[:, 0] = 0.0
+        alive_tokens = np.zeros((b * k, 0), dtype=np.int64)  # (b·k, t)
+        inputs = np.full((b * k, 1), m["decoder_start_id"], dtype=np.int64)
+        kept = k if hugging_face else 1  # generate's stopping rule needs k finished ones
+        best = _Finished(b, kept, steps, pad)
+        done = np.zeros(b, dtype=bool)
+        rank = np.arange(2 * k)
+        for t in range(steps):
+            n = t + 1  # scored tokens of a hypothesis ending at this step
+            lp = penalty(n)
+            feed = {"input_ids": inputs, "memory_mask": mask_k, **past, **cross}
+            logp, *present = self.step.run(None, feed)  # (b·k, V), caches (b·k, h, n, dh)
+            if t < min_len:
+                logp[:, eos] = -np.inf
+            if m["forced_eos"]:
+                last = np.repeat(n >= limits, k)  # (b·k,)
+                logp[last] = -np.inf
+                logp[last, eos] = 0.0
+            vocab = logp.shape[-1]
+            candidates = (alive_logp.reshape(b * k, 1) + logp).reshape(b, k * vocab)
+            top_index = _top(candidates, 2 * k)  # (b, 2k), best first, ties lowest first
+            top_logp = np.take_along_axis(candidates, top_index, axis=1)  # (b, 2k)
+            top_beam, top_token = top_index // vocab, top_index % vocab  # (b, 2k)
+            is_eos = top_token == eos
+            # Hypotheses that end in eos within the first k (they would take a slot).
+            ends = is_eos & (rank < k) & np.isfinite(top_logp) & ~done[:, None]
+            best.merge(
+                np.where(ends, top_logp / lp, -np.inf),
+                top_logp,
+                alive_tokens[first_row + top_beam],
+            )
+            # The next alive beams: the first k candidates not ending in eos.
+            keep = np.argsort(is_eos, axis=1, kind="stable")[:, :k]  # (b, k)
+            alive_logp = np.take_along_axis(top_logp, keep, axis=1)
+            rows = (first_row + np.take_along_axis(top_beam, keep, axis=1)).reshape(-1)
+            new_tokens = np.take_along_axis(top_token, keep, axis=1).reshape(-1)  # (b·k,)
+            alive_tokens = np.concatenate([alive_tokens[rows], new_tokens[:, None]], axis=1)
+            past = {
+                name: value[rows]
+                for name, value in zip(_cache_names("past", layers), present, strict=True)
+            }
+            inputs = new_tokens[:, None]
+            # At its maximum length a sentence's alive beams end as they are.
+            at_limit = (n >= limits) & ~done  # (b,)
+            best.merge(
+                np.where(at_limit[:, None], alive_logp / lp, -np.inf),
+                alive_logp,
+                alive_tokens.reshape(b, k, n),
+            )
+            worst = best.score[:, -1]  # (b,) the last kept finished score
+            if hugging_face:
+                bound = last_lp if early_stopping == "never" and alpha > 0 else lp
+                beaten = worst > -np.inf
+                if early_stopping is not True:
+                    beaten &= worst >= alive_logp[:, 0] / bound
+            else:  # no alive hypothesis can do better any more (exact)
+                beaten = worst >= alive_logp[:, 0] / last_lp
+            done |= at_limit | beaten
+            if done.all():
+                break
+            alive_logp[done] = -np.inf  # a done sentence's beams expand no more
+        tokens = [
+            row[0, :n].tolist() for row, n in zip(best.tokens, best.length[:, 0], strict=True)
+        ]
+        return tokens, best.logp[:, 0], best.score[:, 0]
+
+
+def _top(values: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the ``count`` largest values of each row, largest first; equal values
+    lowest index first. Shape: ``(b, n)`` -> ``(b, count)``."""
+    part = np.argpartition(-values, count - 1, axis=1)[:, :count]  # (b, count), unordered
+    # Sorted by value, then by index: lexsort's last key is the primary one.
+    order = np.lexsort((part, -np.take_along_axis(values, part, axis=1)), axis=1)
+    return np.take_along_axis(part, order, axis=1)
+
+
+class _Finished:
+    """The ``n`` best finished hypotheses of each of ``b`` sentences, best first; a new
+    one passes a kept one only if strictly better."""
+
+    def __init__(self, b: int, n: int, steps: int, pad: int) -> None:
+        self.score = np.full((b, n), -np.inf, dtype=np.float32)
+        self.logp = np.full((b, n), -np.inf, dtype=np.float32)
+        self.tokens = np.full((b, n, steps), pad, dtype=np.int64)
+        self.length = np.zeros((b, n), dtype=np.int64)
+        self.pad = pad
+
+    def merge(self, score: np.ndarray, logp: np.ndarray, tokens: np.ndarray) -> None:
+        """Shape: score, logp ``(b, c)``; tokens ``(b, c, length)``, without eos."""
+        b, c, length = tokens.shape
+        n, steps = self.score.shape[1], self.tokens.shape[2]
+        padded = np.full((b, c, steps), self.pad, dtype=np.int64)
+        padded[:, :, :length] = tokens
+        scores = np.concatenate([self.score, score], axis=1)  # (b, n + c)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :n]  # kept ones first on ties
+        lengths = np.concatenate([self.length, np.full((b, c), length)], axis=1)
+        every = np.concatenate([self.tokens, padded], axis=1)  # (b, n + c, T)
+        self.tokens = np.take_along_axis(every, order[:, :, None], axis=1)
+        self.length = np.take_along_axis(lengths, order, axis=1)
+        self.logp = np.take_along_axis(np.concatenate([self.logp, logp], axis=1), order, axis=1)
+        self.score = np.take_along_axis(scores, order, axis=1)

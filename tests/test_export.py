@@ -224,6 +224,37 @@ def test_a_bert_run_exports_and_onnx_runtime_gives_its_logits(bert_run, tmp_path
     _close(hidden, expected.bert.last_hidden_state)
 
 
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_a_masked_language_model_exports_its_vocabulary_logits(kind, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(2)
+    sizes = {
+        "vocab_size": 90, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 64, "max_position_embeddings": 40,
+    }  # fmt: skip
+    if kind == "bert":
+        reference = transformers.BertForMaskedLM(transformers.BertConfig(**sizes))
+    else:
+        config = transformers.RobertaConfig(**sizes, pad_token_id=1, type_vocab_size=1)
+        reference = transformers.RobertaForMaskedLM(config)
+    reference.eval().save_pretrained(tmp_path / "mlm")
+    result = export(tmp_path / "mlm", tmp_path / "onnx", "onnx")
+    assert result.max_abs_diff["model"] <= TOL
+    pad = reference.config.pad_token_id
+    ids = torch.randint(3, 90, (3, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    ids = ids.masked_fill(mask == 0, pad)
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+    logits, _ = _session(tmp_path / "onnx" / "model.onnx").run(None, feed)
+    with torch.no_grad():
+        expected = reference(**{k: torch.from_numpy(v) for k, v in feed.items()})
+    assert logits.shape == (3, 11, 90)
+    real = mask.bool().numpy()  # padded positions' outputs are not defined alike
+    _close(logits[real], expected.logits[mask.bool()])
+
+
 def test_the_sentence_embedding_graph_gives_qkv_embed_vectors(sentence_folder, tmp_path):
     from qkv.tasks.bert import SentenceEncoder
 

@@ -105,13 +105,15 @@ def _bert_plan(found: Any, pooling: str | None, normalize: bool | None) -> _Plan
         config = encoder.model.config
     else:
         # config.json names the head (BertFor..., RobertaFor...); any other is read as
-        # the body alone, as qkv embed reads a masked-LM checkpoint.
+        # the body alone.
         architecture = str((found.meta.get("architectures") or [""])[0])
         head = None
         if architecture.endswith("ForSequenceClassification"):
             head = "classification"
         elif architecture.endswith("ForTokenClassification"):
             head = "token_classification"
+        elif architecture.endswith("ForMaskedLM"):
+            head = "mlm"
         model = from_pretrained(path, head)
         graph = bert_graph(model.eval())
         config = model.config

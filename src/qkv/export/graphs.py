@@ -26,7 +26,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.export import Dim
 
-from qkv.models.bert import BertForSequenceClassification, BertForTokenClassification, BertModel
+from qkv.models.bert import (
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+)
 from qkv.models.vit import ViT
 
 __all__ = [
@@ -97,12 +102,13 @@ def _lengths(limit: int) -> tuple[int, int]:
 
 
 class BertGraph(nn.Module):
-    """A BERT body or classifier with named tensor outputs.
+    """A BERT body, classifier or masked-language model with named tensor outputs.
 
     Inputs: ``input_ids`` ``(b, L)``, ``attention_mask`` ``(b, L)`` int64 0/1, and
     ``token_type_ids`` ``(b, L)`` when built with ``token_types=True``. Outputs: a
     sequence classifier ``logits`` ``(b, C)``; a token classifier ``logits``
-    ``(b, L, C)``; then ``last_hidden_state`` ``(b, L, d)``; a body with a pooler also
+    ``(b, L, C)``; a masked-language model ``logits`` ``(b, L, V)`` at every position;
+    then ``last_hidden_state`` ``(b, L, d)``; a body with a pooler also
     ``pooler_output`` ``(b, d)``.
     """
 
@@ -187,8 +193,9 @@ def _bert_inputs(
 
 
 def bert_graph(model: nn.Module, *, token_types: bool = True) -> Graph:
-    """The graph of a :class:`BertModel`, :class:`BertForSequenceClassification` or
-    :class:`BertForTokenClassification` (see :class:`BertGraph`)."""
+    """The graph of a :class:`BertModel`, :class:`BertForSequenceClassification`,
+    :class:`BertForTokenClassification` or :class:`BertForMaskedLM` (see
+    :class:`BertGraph`)."""
     body = model if isinstance(model, BertModel) else model.bert  # type: ignore[union-attr]
     assert isinstance(body, BertModel)
     example, check, dynamic = _bert_inputs(body, token_types)
@@ -201,6 +208,9 @@ def bert_graph(model: nn.Module, *, token_types: bool = True) -> Graph:
     elif isinstance(model, BertForTokenClassification):
         outputs = ["logits", "last_hidden_state"]
         shapes["logits"] = ["batch", "sequence", model.num_labels]
+    elif isinstance(model, BertForMaskedLM):
+        outputs = ["logits", "last_hidden_state"]
+        shapes["logits"] = ["batch", "sequence", body.config.vocab_size]
     elif isinstance(model, BertModel):
         outputs = ["last_hidden_state"] + (["pooler_output"] if model.pooler is not None else [])
         shapes["pooler_output"] = ["batch", d]

@@ -515,6 +515,85 @@ def test_timm_checkpoint_files_and_hub_folders(tmp_path):
         from_timm(tmp_path / "code.pth", num_heads=4)
 
 
+def _timm_eval_pixels(path, mean, std, crop_pct, size=SIZE):
+    """timm's evaluation transform written out with PIL and numpy: the picture as
+    ``Image.convert("RGB")``, torchvision's ``Resize(floor(size / crop_pct))`` (shorter
+    side, bicubic), its ``CenterCrop(size)`` (start rounded half to even), ``ToTensor``,
+    ``Normalize``."""
+    import math
+
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        picture = opened.convert("RGB")
+    scale = math.floor(size / crop_pct)
+    w, h = picture.size
+    short, long = min(w, h), max(w, h)
+    new_short, new_long = scale, int(scale * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    picture = picture.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    top, left = round((new_h - size) / 2.0), round((new_w - size) / 2.0)
+    picture = picture.crop((left, top, left + size, top + size))
+    x = np.asarray(picture, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    return (torch.from_numpy(x) - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[
+        :, None, None
+    ]
+
+
+def test_a_timm_hub_folder_classifies_files_as_timm_reads_them(image_files, tmp_path, capsys):
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from qkv.convert.vit import to_timm_state_dict
+
+    # Shapes whose crop margin is odd after resizing: 45×40 -> 19×17, margin 3 on the
+    # long side (torchvision starts at 2, transformers at 1).
+    extra = tmp_path / "odd.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 45, 3), np.uint8)).save(extra)
+    files = [*image_files, extra]
+    model = tiny_vit(layer_norm_eps=1e-6)
+    state = to_timm_state_dict(model)
+    hub = tmp_path / "timm-hub"
+    hub.mkdir()
+    save_file(state, hub / "model.safetensors")
+    mean, std, crop_pct = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3], 0.9
+    (hub / "config.json").write_text(json.dumps({
+        "architecture": "vit_tiny_patch16_224", "num_classes": 3, "global_pool": "token",
+        "model_args": {"embed_dim": 32, "depth": 2, "num_heads": 4, "img_size": SIZE},
+        "label_names": ["cat", "dog", "fox"],
+        "pretrained_cfg": {
+            "input_size": [3, SIZE, SIZE], "interpolation": "bicubic", "mean": mean,
+            "std": std, "crop_pct": crop_pct, "crop_mode": "center", "num_classes": 3,
+            "hf_hub_id": "timm/vit_tiny_patch16_224.test",
+        },
+    }))  # fmt: skip
+    assert main(["vit", "classify", str(hub), *map(str, files), "--top", "3", "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    pixels = torch.stack([_timm_eval_pixels(p, mean, std, crop_pct) for p in files])
+    expected = timm_reference(state, pixels, heads=4).softmax(-1)
+    for path, record, probs in zip(files, records, expected, strict=True):
+        got = {row["label"]: row["probability"] for row in record["top"]}
+        assert got.keys() == {"cat", "dog", "fox"}
+        for label, p in zip(["cat", "dog", "fox"], probs.tolist(), strict=True):
+            assert got[label] == pytest.approx(p, abs=1e-5), (path.name, label)
+    # The other commands that take a ViT take the folder too.
+    assert main(["attention", str(hub), str(extra), "--out", str(tmp_path / "maps.png")]) == 0
+    assert main(["vit", "export-hf", str(hub), "-o", str(tmp_path / "hf")]) == 1
+    assert "is a Hugging Face or timm folder, not a qkv run" in capsys.readouterr().err
+
+    # What qkv does not follow is refused by name; other timm models are not ViTs.
+    config = json.loads((hub / "config.json").read_text())
+    config["pretrained_cfg"].update(crop_mode="squash", interpolation="area")
+    (hub / "config.json").write_text(json.dumps(config))
+    assert main(["vit", "classify", str(hub), str(extra)]) == 1
+    err = capsys.readouterr().err
+    assert "crop_mode 'squash'" in err and "interpolation 'area'" in err
+    assert len(err.strip().splitlines()) == 1
+    (hub / "config.json").write_text(json.dumps({"architecture": "resnet50", "num_classes": 3}))
+    assert main(["vit", "classify", str(hub), str(extra)]) == 1
+    assert "timm architecture 'resnet50'; qkv reads timm's Vision" in capsys.readouterr().err
+
+
 # --- timm itself (skipped without it) ----------------------------------------------
 
 

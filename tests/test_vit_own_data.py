@@ -374,6 +374,7 @@ def test_from_a_run_at_another_size_with_other_classes(run, folder, tmp_path, ca
     assert meta["from"] == {
         "path": str(run.resolve()),
         "hugging_face": False,
+        "timm": False,
         "image_size": 8,
         "classes": ["blue", "green", "red"],
         "head": "new",
@@ -482,5 +483,5 @@ def test_export_hf_refuses_an_existing_folder_and_a_hugging_face_one(run, tmp_pa
     hf = tmp_path / "hf"
     assert main(["vit", "export-hf", str(run), "-o", str(hf)]) == 0
     status, _, err = run_cli(["vit", "export-hf", str(hf), "-o", str(tmp_path / "x")], capsys)
-    assert status == 1 and "Hugging Face folder already" in err
+    assert status == 1 and "is a Hugging Face or timm folder, not a qkv run" in err
     assert not (tmp_path / "x").exists()

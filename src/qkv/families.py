@@ -11,6 +11,8 @@ a ViT run                  ``meta.json`` family ``vit-classifier``          ``vi
 a BERT run                 ``model/config.json`` beside the checkpoints      ``bert``
 a Hugging Face folder      ``config.json`` ``model_type``, see             any of the three
                            :data:`HF_FAMILIES`
+a timm Hub folder          ``config.json`` ``architecture`` ``vit_...``,    ``vit``
+                           ``deit_...`` (no ``model_type``)
 ========================= ============================================ ===============
 
 A run directory resolves to its latest checkpoint; a checkpoint folder is taken as
@@ -65,6 +67,7 @@ class Identified:
     path: Path
     hugging_face: bool
     meta: dict[str, Any] = field(default_factory=dict)
+    timm: bool = False  # a folder as timm writes it to the Hub (hugging_face is False)
 
 
 def identify(path: str | Path, *, expect: Family | None = None) -> Identified:
@@ -82,6 +85,11 @@ def identify(path: str | Path, *, expect: Family | None = None) -> Identified:
     hf_dir = path if (path / "config.json").is_file() else path / "model"
     if (hf_dir / "config.json").is_file():
         config = read_config(hf_dir)
+        if "architecture" in config and "model_type" not in config:
+            found = _timm(hf_dir, config)
+            if expect is not None and found.family != expect:
+                raise ValueError(f"{path} holds a {found.family} model, not a {expect}")
+            return found
         model_type = config.get("model_type")
         if model_type not in HF_FAMILIES:
             raise ValueError(
@@ -101,6 +109,20 @@ def identify(path: str | Path, *, expect: Family | None = None) -> Identified:
     if expect is not None and found.family != expect:
         raise ValueError(f"{path} holds a {found.family} model, not a {expect}")
     return found
+
+
+#: The timm architectures qkv reads (its ViT; qkv.convert.vit.from_timm).
+TIMM_PREFIXES = ("vit_", "deit_", "deit3_")
+
+
+def _timm(folder: Path, config: dict[str, Any]) -> Identified:
+    architecture = str(config["architecture"])
+    if not architecture.startswith(TIMM_PREFIXES):
+        raise ValueError(
+            f"{folder}: timm architecture {architecture!r}; qkv reads timm's Vision "
+            f"Transformers ({', '.join(p + '...' for p in TIMM_PREFIXES)})"
+        )
+    return Identified("vit", folder, False, config, timm=True)
 
 
 def loader(family: Family) -> Callable[..., Any]:

@@ -22,14 +22,16 @@ Without --valid-images/--test-images, the split is 80/10/10 by a hash of each fi
 path inside DIR (the same on every machine). An unreadable image stops the run with
 its name; --skip-bad-files leaves such files out and counts them.
 
---from CHECKPOINT: start from a qkv ViT run or checkpoint, or a Hugging Face ViT
-folder: its position embeddings are resampled to the image size, its head is kept when
-the folder has its classes and replaced otherwise, its pixel normalisation is kept.
+--from CHECKPOINT: start from a qkv ViT run or checkpoint, a Hugging Face ViT folder or
+a timm Hub folder (vit_..., deit_...): its position embeddings are resampled to the
+image size, its head is kept when the folder has its classes and replaced otherwise,
+its pixel normalisation is kept.
 
 An image to classify is a file (converted, resized and cropped as for training; for a
 Hugging Face folder, as its preprocessor_config.json says, like transformers' image
-processor) or ``fashion-mnist:N`` / ``digits:N`` for test image N of those sets. Fashion-MNIST
-pictures are light clothes on a black background.
+processor; for a timm Hub folder, as timm's evaluation transform of its
+pretrained_cfg) or ``fashion-mnist:N`` / ``digits:N`` for test image N of those sets.
+Fashion-MNIST pictures are light clothes on a black background.
 
 export-hf RUN -o DIR: a new Hugging Face folder (config.json with the class names,
 model.safetensors, preprocessor_config.json saying how image files are read and
@@ -332,7 +334,7 @@ def _export_hf(argv: list[str]) -> int:
     check_new_folder(o.output)
     classifier = load_classifier(o.checkpoint)
     if classifier.processor is not None:
-        raise ValueError(f"{o.checkpoint} is a Hugging Face folder already")
+        raise ValueError(f"{o.checkpoint} is a Hugging Face or timm folder, not a qkv run")
     save_pretrained(
         classifier.model,
         o.output,

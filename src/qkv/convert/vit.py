@@ -43,6 +43,7 @@ Notation: d width, c channels, p patch side, i layer index.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -546,6 +547,13 @@ class ImageProcessor:
     crop: tuple[int, int] | None  # (height, width) of the centre cut out, or None
     mean: tuple[float, ...]  # (c,) pixel units
     std: tuple[float, ...]  # (c,) pixel units
+    # Where the centre crop starts when the margin is odd: "floor" as transformers
+    # ((h - crop) // 2), "round" as torchvision's CenterCrop, which timm uses
+    # (round((h - crop) / 2), halves to even).
+    crop_rounding: str = "floor"
+    # Transparent pixels laid over white (transformers), or the colour they hold kept
+    # (timm's loaders: a plain conversion to RGB).
+    over_white: bool = True
 
     def prepare(self, picture: Any, name: str = "image") -> np.ndarray:
         """A ``PIL.Image.Image`` as the model's input, before normalisation.
@@ -559,13 +567,13 @@ class ImageProcessor:
         """
         from qkv.data.image_folder import to_mode
 
-        picture = to_mode(picture, self.channels)
+        picture = to_mode(picture, self.channels, over_white=self.over_white)
         if self.resize is not None:
             picture = picture.resize(self._resized_size(picture), resample=self.resample)
         pixels = np.asarray(picture, dtype=np.uint8).reshape(picture.height, picture.width, -1)
         pixels = pixels.transpose(2, 0, 1)  # (c, h, w)
         if self.crop is not None:
-            pixels = _centre_crop(pixels, *self.crop)
+            pixels = _centre_crop(pixels, *self.crop, rounding=self.crop_rounding)
         if pixels.shape[1:] != (self.image_size, self.image_size):
             raise ValueError(
                 f"{name}: prepared to {pixels.shape[2]}×{pixels.shape[1]} pixels, the model "
@@ -614,6 +622,11 @@ class ImageProcessor:
         transformers 4), ``DeiTImageProcessor`` otherwise; without a crop,
         ``ViTImageProcessor``.
         """
+        if self.crop_rounding != "floor" or not self.over_white:
+            raise CheckpointError(
+                "timm's way of reading images (torchvision's centre crop, transparency "
+                "dropped) has no preprocessor_config.json that transformers reads the same"
+            )
         size: dict[str, int] | None = None
         if self.resize is not None:
             if self.resize[0] == "shortest":
@@ -651,14 +664,19 @@ class ImageProcessor:
         return self.normalize(torch.from_numpy(self.read(path)))
 
 
-def _centre_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+def _centre_crop(
+    pixels: np.ndarray, height: int, width: int, *, rounding: str = "floor"
+) -> np.ndarray:
     """The centre ``height × width`` of ``(c, h, w)`` pixels; an image smaller than that
     is first padded with zeros around it (``transformers``' ``center_crop``).
+    ``rounding``: see :attr:`ImageProcessor.crop_rounding`.
 
     Shape: ``(c, h, w)`` -> ``(c, height, width)``.
     """
     h, w = pixels.shape[1:]
     top, left = (h - height) // 2, (w - width) // 2
+    if rounding == "round" and top >= 0 and left >= 0:
+        top, left = round((h - height) / 2), round((w - width) / 2)
     if top >= 0 and left >= 0:
         return pixels[:, top : top + height, left : left + width]
     new_h, new_w = max(height, h), max(width, w)
@@ -881,6 +899,78 @@ _TIMM_SIZES = {
     "large": (1024, 16), "huge": (1280, 16), "giant": (1408, 16), "gigantic": (1664, 16),
 }  # fmt: skip
 _TIMM_EPS = 1e-6  # timm's LayerNorm
+
+
+# timm's data configuration (pretrained_cfg), as its evaluation transform applies it.
+_TIMM_FILTERS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+_TIMM_DEFAULTS = {
+    "interpolation": "bicubic",
+    "mean": (0.485, 0.456, 0.406),  # ImageNet's, timm's IMAGENET_DEFAULT_MEAN
+    "std": (0.229, 0.224, 0.225),
+    "crop_pct": 0.875,
+}
+
+
+def timm_image_processor(
+    config: Mapping[str, Any], *, channels: int, image_size: int, source: str = "config.json"
+) -> ImageProcessor:
+    """How timm reads image files for the model of its Hub ``config.json``: its
+    ``pretrained_cfg`` as ``timm.data.create_transform`` applies it for evaluation (the
+    shorter side resized to ``floor(input size / crop_pct)`` with ``interpolation``, the
+    centre cut out as torchvision's ``CenterCrop`` cuts it, then ``(x / 255 - mean) /
+    std``). A missing key takes timm's default; a ``crop_mode`` other than ``center``, a
+    ``crop_border_pixels`` or an ``input_size`` other than the model's is refused, every
+    problem in one :class:`CheckpointError` naming ``source``.
+    """
+    cfg = {**_TIMM_DEFAULTS, **dict(config.get("pretrained_cfg") or {})}
+    problems = []
+    size = cfg.get("input_size") or [channels, image_size, image_size]
+    if list(size) != [channels, image_size, image_size]:
+        problems.append(
+            f"input_size {list(size)}, the model takes {[channels, image_size, image_size]}"
+        )
+    if cfg.get("crop_mode") not in (None, "center"):
+        problems.append(f"crop_mode {cfg['crop_mode']!r} (qkv follows timm's 'center')")
+    if cfg.get("crop_border_pixels"):
+        problems.append("crop_border_pixels is set (qkv does not trim borders)")
+    interpolation = cfg["interpolation"] or _TIMM_DEFAULTS["interpolation"]
+    filter_number = _TIMM_FILTERS.get(str(interpolation))
+    if filter_number is None:
+        problems.append(
+            f"interpolation {cfg['interpolation']!r} is not one of {list(_TIMM_FILTERS)}"
+        )
+    crop_pct = cfg["crop_pct"] or _TIMM_DEFAULTS["crop_pct"]
+    if not isinstance(crop_pct, int | float) or not 0 < crop_pct <= 1:
+        problems.append(f"crop_pct {crop_pct!r} should be in (0, 1]")
+        crop_pct = 1.0
+    path = Path(source)
+    try:
+        mean = _channels(list(cfg["mean"]), channels, "mean", path)
+        std = _channels(list(cfg["std"]), channels, "std", path)
+    except CheckpointError as error:
+        problems.append(str(error).removeprefix(f"{path}: "))
+        mean, std = [0.5] * channels, [0.5] * channels
+    if any(v <= 0 for v in std):
+        problems.append(f"std {std} has a value <= 0")
+    if problems:
+        raise CheckpointError(f"{source}: pretrained_cfg: " + "; ".join(problems))
+    return ImageProcessor(
+        channels=channels,
+        image_size=image_size,
+        resize=("shortest", math.floor(image_size / crop_pct)),
+        resample=int(filter_number or 0),
+        crop=(image_size, image_size),
+        mean=tuple(255.0 * m for m in mean),
+        std=tuple(255.0 * v for v in std),
+        crop_rounding="round",
+        over_white=False,
+    )
+
+
+def is_timm_config(config: Mapping[str, Any]) -> bool:
+    """Whether a ``config.json`` is the one timm writes to the Hub (an ``architecture``,
+    no ``model_type``)."""
+    return "architecture" in config and "model_type" not in config
 
 
 def _unsupported_problem(state_dict: Mapping[str, Tensor]) -> list[str]:

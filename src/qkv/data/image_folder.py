@@ -186,13 +186,15 @@ def decode_image(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{path}: not a readable image ({error})") from None
 
 
-def to_mode(picture: Any, channels: int) -> Any:
+def to_mode(picture: Any, channels: int, *, over_white: bool = True) -> Any:
     """A ``PIL.Image.Image`` as grey ("L", ``channels=1``) or RGB; transparency laid over
     white first, as ``transformers``' ``convert_to_rgb`` does (a plain conversion would
-    show whatever colour the transparent pixels happen to hold)."""
+    show whatever colour the transparent pixels happen to hold); ``over_white=False``:
+    the plain conversion, as timm's loaders do (``Image.convert("RGB")``)."""
     from PIL import Image
 
-    if "A" in picture.getbands() or picture.info.get("transparency") is not None:
+    transparent = "A" in picture.getbands() or picture.info.get("transparency") is not None
+    if over_white and transparent:
         rgba = picture.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         picture = Image.alpha_composite(white, rgba)

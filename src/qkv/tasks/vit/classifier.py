@@ -245,12 +245,34 @@ def load_classifier(
     compile: bool = False,
 ) -> Classifier:
     """Load a classifier from a qkv run directory (its latest checkpoint), a checkpoint,
-    or a Hugging Face ``ViTForImageClassification`` folder (its image processor from
-    ``preprocessor_config.json``, its class names from ``id2label``), onto ``device`` in
+    a Hugging Face ``ViTForImageClassification`` folder (its image processor from
+    ``preprocessor_config.json``, its class names from ``id2label``) or a timm Hub folder
+    (its evaluation transform from ``config.json``'s ``pretrained_cfg``, class names from
+    ``label_names``), onto ``device`` in
     ``dtype`` (probabilities still come back as float32); ``compile``: through
     ``torch.compile`` (:func:`qkv.compile.compile_model`)."""
     found = identify(path, expect="vit")
-    if found.hugging_face:
+    if found.timm:
+        from qkv.convert.vit import from_timm, timm_image_processor
+
+        model = from_timm(found.path)
+        c = model.config
+        processor = timm_image_processor(
+            found.meta,
+            channels=c.in_channels,
+            image_size=c.image_size,
+            source=str(found.path / "config.json"),
+        )
+        mean, std, max_value = list(processor.mean), list(processor.std), 255.0
+        names = found.meta.get("label_names")
+        classes = list(names) if names else [str(i) for i in range(c.num_classes)]
+        if len(classes) != c.num_classes:
+            raise ValueError(
+                f"{found.path / 'config.json'}: {len(classes)} label_names for a head of "
+                f"{c.num_classes} classes"
+            )
+        dataset, test_flip, data, crop = None, False, None, False
+    elif found.hugging_face:
         from qkv.convert.vit import from_pretrained, label_names, load_image_processor
 
         model = from_pretrained(found.path)

@@ -193,9 +193,11 @@ def _adapt_source(
         head = "new"
     # The model saw pixels in [0, max_value] normalised so; folder pixels are 0-255.
     scale = 255.0 / classifier.max_value
+    found = identify(source, expect="vit")
     record = {
         "path": str(Path(source).resolve()),
-        "hugging_face": identify(source, expect="vit").hugging_face,
+        "hugging_face": found.hugging_face,
+        "timm": found.timm,
         "image_size": old.image_size,
         "classes": list(classifier.classes),
         "head": head,

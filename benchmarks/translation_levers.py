@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -325,4 +326,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from qkv.cli._errors import describe
+
+    try:
+        main()
+    except (KeyboardInterrupt, Exception) as error:
+        # A stopped or failed lever: one line, as the qkv commands say it (a stopped
+        # run has written its checkpoint first).
+        failure = describe(error)
+        if failure is None:
+            raise
+        print(f"translation_levers.py: {failure[0]}", file=sys.stderr)
+        sys.exit(failure[1])

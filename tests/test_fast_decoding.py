@@ -314,8 +314,9 @@ def test_int8_weights_follow_the_model_when_it_changes():
 def test_int8_errors():
     model = MODELS["post-norm"]().eval()
     src = sources(model, [3], seed=13)
-    with pytest.raises(ValueError, match=r"quantize: expected one of \('int8',\) or None"):
-        greedy_decode(model, src, quantize="int4")
+    for static_cache in (True, False):  # the name first, whatever else is asked
+        with pytest.raises(ValueError, match=r"quantize: expected one of \('int8',\) or None"):
+            greedy_decode(model, src, quantize="int4", static_cache=static_cache)
     with pytest.raises(ValueError, match="needs the static cache"):
         greedy_decode(model, src, static_cache=False, quantize="int8")
     assert int8_unavailable(torch.device("cuda")) == "int8 weights run on a CPU only, not cuda"

@@ -64,6 +64,7 @@ from qkv.embedding import check_token_ids
 from qkv.layers import DecoderCache, StaticDecoderCache
 from qkv.masks import padding_mask_from_ids
 from qkv.models.transformer import Transformer
+from qkv.quantize import QUANTIZATIONS
 
 __all__ = [
     "MAX_LEN_MARGIN",
@@ -589,6 +590,8 @@ class _DecoderSteps:
     ) -> None:
         self.model, self.memory, self.memory_mask = model, memory, memory_mask
         static = static_cache and model.supports_static_cache
+        if quantize is not None and quantize not in QUANTIZATIONS:
+            raise ValueError(f"quantize: expected one of {QUANTIZATIONS} or None, got {quantize!r}")
         if quantize is not None and not static:
             raise ValueError(
                 f"quantize={quantize!r} needs the static cache (static_cache=True and a "

@@ -101,7 +101,11 @@ CONFIG_ERRORS = [
     (BertConfig, {"dropout": -0.1}, r"dropout must be in \[0, 1\), got -0.1"),
     (ViTConfig, {"init": "xavier"}, r"init must be 'jax' or 'trunc_normal', got 'xavier'"),
     (ViTConfig, {"representation_size": 0}, r"representation_size must be positive or None"),
-    (TrainConfig, {"precision": "fp8"}, r"precision must be 'fp32', 'bf16' or 'fp16', got 'fp8'"),
+    (
+        TrainConfig,
+        {"precision": "fp8"},
+        r"precision must be 'fp32', 'bf16', 'fp16' or 'auto', got 'fp8'",
+    ),
     (TrainConfig, {"warmup_steps": -1}, r"warmup_steps must be >= 0, got -1"),
 ]
 

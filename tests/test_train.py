@@ -238,7 +238,8 @@ def test_token_batches_respect_the_budget_and_are_reproducible():
 
 
 def test_training_config_errors():
-    with pytest.raises(ValueError, match=r"precision must be 'fp32', 'bf16' or 'fp16', got 'fp8'"):
+    message = r"precision must be 'fp32', 'bf16', 'fp16' or 'auto', got 'fp8'"
+    with pytest.raises(ValueError, match=message):
         TrainConfig(precision="fp8")
     with pytest.raises(ValueError, match="lr must be positive"):
         TrainConfig(lr=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import logging
 import math
 import os
 import sys
@@ -226,6 +227,14 @@ def inference_device(options: argparse.Namespace) -> tuple[Any, Any]:
     if dtype_name == "fp16" and where.type == "cpu":
         raise ValueError("--dtype fp16 needs a GPU (--device cuda or mps); use bf16 on the CPU")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    if dtype_name == "bf16":
+        from qkv.precision import bf16_is_slow
+
+        slow = bf16_is_slow(where)
+        if slow:
+            logging.getLogger("qkv").warning(
+                "--dtype bf16: %s, so the model will run far slower than in fp32", slow
+            )
     return where, dtype
 
 

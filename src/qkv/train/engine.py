@@ -10,7 +10,8 @@ What the caller gives:
 
 What the engine does: AdamW (fused where the device has it: :func:`qkv.train.optim.adamw`);
 a warm-up schedule; gradient accumulation;
-gradient clipping; mixed precision (bf16 autocast on CPU and CUDA, fp16 with a
+gradient clipping; mixed precision (bf16 autocast on CPU and CUDA, or ``"auto"``: bf16 where
+the device multiplies it fast, :mod:`qkv.precision`; fp16 with a
 gradient scaler on CUDA); checkpoints every ``checkpoint_every`` steps, and resume
 from the last one continuing the same loss curve; a progress bar; metrics in a
 CSV; a loss-curve PNG; data parallel across ``torchrun`` processes. A loss that
@@ -43,7 +44,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +52,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from qkv.config import ConfigDict
+from qkv.precision import Precision, bf16_is_slow, resolve_precision
 from qkv.train.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
@@ -66,7 +68,6 @@ __all__ = ["TrainConfig", "TrainResult", "Trainer", "TrainingDiverged", "Trainin
 
 logger = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "bf16", "fp16"]
 LossFn = Callable[[nn.Module, Any], tuple[Tensor, Tensor | int]]
 
 
@@ -188,8 +189,11 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.context: DistributedContext = init_distributed(device)
         self.device = self.context.device
-        if config.precision == "fp16" and self.device.type != "cuda":
+        # "auto" (the presets' bf16-for-speed) becomes bf16 or fp32 for this device.
+        self.precision = resolve_precision(config.precision, self.device)
+        if self.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision fp16 needs CUDA (no fast fp16 on CPU); use bf16")
+        self._say_precision()
         self.model = model.to(self.device)
         if checkpoint_activations:
             from qkv.train.checkpointing import checkpoint_layers
@@ -216,9 +220,23 @@ class Trainer:
             total_steps=config.max_steps,
             min_factor=config.min_lr_factor,
         )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=config.precision == "fp16")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.step = 0
         self.position = _Position()
+
+    def _say_precision(self) -> None:
+        if not self.context.is_main:
+            return
+        slow = bf16_is_slow(self.device) if self.device.type in ("cpu", "cuda") else None
+        if self.config.precision == "auto":
+            why = f": {slow}" if slow and self.precision == "fp32" else ""
+            logger.info("precision auto: training in %s on %s%s", self.precision, self.device, why)
+        elif self.precision == "bf16" and slow:
+            logger.warning(
+                "precision bf16: %s, so training will be far slower than in fp32 "
+                "(train.precision=auto picks the faster)",
+                slow,
+            )
 
     # -- state -----------------------------------------------------------------
 
@@ -300,9 +318,9 @@ class Trainer:
         return batch
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.config.precision == "fp32":
+        if self.precision == "fp32":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
     # -- the loop ------------------------------------------------------------------

@@ -75,7 +75,8 @@ def _model(
 # The small and medium recipe, cut at different lengths. Pre-norm: with post-norm layers
 # at this learning rate the encoder's last layer collapsed to the same vector at every
 # position and cross-attention stayed uniform (0.9 BLEU after an hour,
-# benchmarks/RESULTS.md). A small joint vocabulary, label smoothing, bf16 for speed,
+# benchmarks/RESULTS.md). A small joint vocabulary, label smoothing, bf16 for speed where
+# the hardware has it (precision "auto", qkv.precision),
 # checkpoint averaging. The explicit attention path (fused_attention=False) trains
 # faster in bf16 on a CPU at these 10-40 token sentences (benchmarks/RESULTS.md);
 # decoding a trained model is not affected.
@@ -85,7 +86,7 @@ _SMALL_MODEL = _model(4000, 256, 4, 3, 1024, norm_first=True, fused_attention=Fa
 def _cosine(max_steps: int, warmup_steps: int, eval_every: int) -> TrainConfig:
     return TrainConfig(
         max_steps=max_steps, lr=1e-3, warmup_steps=warmup_steps, schedule="cosine",
-        min_lr_factor=0.05, precision="bf16", eval_every=eval_every, checkpoint_every=100,
+        min_lr_factor=0.05, precision="auto", eval_every=eval_every, checkpoint_every=100,
     )  # fmt: skip
 
 
@@ -116,7 +117,7 @@ PRESETS: dict[str, TranslationPreset] = {
     "base": TranslationPreset(
         "base", _model(8000, 512, 8, 6, 2048),
         TrainConfig(
-            max_steps=20000, lr=7e-4, warmup_steps=4000, precision="bf16", eval_every=1000,
+            max_steps=20000, lr=7e-4, warmup_steps=4000, precision="auto", eval_every=1000,
             checkpoint_every=1000,
         ),
         max_tokens=8000, include_phrases=True, average_last=5,

@@ -213,6 +213,32 @@ def ensemble(args: argparse.Namespace) -> None:
         )
 
 
+def _flat(values: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _preset_then(lever: dict) -> str:
+    """The fields in which the lever's preset, when it ran, differs from the preset of
+    that name now (``FIELD=VALUE, ...``; empty when it is the same): a preset may change
+    after the levers that led to it were measured."""
+    if lever["preset"] not in PRESETS:
+        return ""
+    # Through JSON, as lever.json holds it (tuples become lists).
+    now = _flat(json.loads(json.dumps(_override(PRESETS[lever["preset"]], lever["set"]).to_dict())))
+    recorded = _flat(lever["recipe"])
+    return ", ".join(
+        f"`{key}={value}`"
+        for key, value in recorded.items()
+        if key in now and now[key] != value and key != "name"
+    )
+
+
 def table(args: argparse.Namespace) -> str:
     levers = [json.loads(path.read_text()) for path in sorted(RUNS.glob("*/lever.json"))]
     levers.sort(key=lambda lever: lever["date"] + lever["name"])
@@ -236,8 +262,10 @@ def table(args: argparse.Namespace) -> str:
         changes = ", ".join(f"`{s}`" for s in lever["set"]) or "(the preset)"
         if lever["back_translated"]:
             changes += f", back-translated `{Path(lever['back_translated']).name}`"
+        then = _preset_then(lever)
+        preset = f"`{lever['preset']}`" + (f" (as it was then: {then})" if then else "")
         lines.append(
-            f"| {lever['name']} | `{lever['preset']}` {changes} | {lever['minutes']} "
+            f"| {lever['name']} | {preset} {changes} | {lever['minutes']} "
             f"({lever['threads']}) | {greedy['bleu']} | {beam['bleu']} | {averaged['bleu']} "
             f"| {averaged['bleu_multi']} |"
         )
@@ -258,6 +286,22 @@ def table(args: argparse.Namespace) -> str:
                 for r in lever["test"]
             ]
     return "\n".join(lines)
+
+
+def _levers_in(results: Path) -> list[str]:
+    """The names in the lever table already in ``results`` (its seven-column rows)."""
+    if not results.exists():
+        return []
+    text = results.read_text()
+    start = text.find("### Each lever on the validation split", text.find(SECTION))
+    if start < 0:
+        return []
+    names = []
+    for line in text[start:].split("\n\n", 3)[2].splitlines()[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 7:
+            names.append(cells[0])
+    return names
 
 
 def curves(path: Path) -> None:
@@ -320,6 +364,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.curves:
             curves(args.curves)
         if args.results:
+            # The table is made from the lever.json files here; one measured elsewhere
+            # (or whose folder is gone) would silently drop out of it.
+            here = {path.parent.name for path in RUNS.glob("*/lever.json")}
+            missing = [name for name in _levers_in(args.results) if name not in here]
+            if missing:
+                raise SystemExit(
+                    f"translation_levers.py: {args.results} has levers with no "
+                    f"{RUNS}/NAME/lever.json here ({', '.join(missing)}); writing the "
+                    "table would drop them"
+                )
             write_results(args.results, text, section=SECTION)
         return
     {"run": run, "decode": decode, "final": final, "ensemble": ensemble}[args.job](args)

@@ -146,3 +146,22 @@ def test_a_second_tour_into_the_same_folder_is_refused_while_one_runs(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "is in use by another training" in err and str(run_dir) in err
     assert sorted(p.name for p in run_dir.iterdir()) == ["run.lock"]
+
+
+def test_the_summary_says_where_its_times_were_measured_and_when_this_cpu_is_slower(
+    tmp_path, monkeypatch
+):
+    import qkv.precision
+    from qkv.tasks.quickstart import TourReport, format_summary
+
+    report = TourReport(tmp_path, [], 1.0)
+    monkeypatch.setattr(qkv.precision, "bf16_is_slow", lambda device: None)
+    text = format_summary(report)
+    assert "measured on 2-core CPUs with bf16" in text and "fp32 here" not in text
+    monkeypatch.setattr(
+        qkv.precision, "bf16_is_slow", lambda device: "AMD EPYC has no bf16 matrix instructions"
+    )
+    assert (
+        "(AMD EPYC has no bf16 matrix instructions: the translation presets train in fp32 "
+        "here, several times as long)" in format_summary(report)
+    )

@@ -162,6 +162,13 @@ NON_UTF8 = b"Der Hund.\n\xff\xfe kaputt\n"
 CASES = [
     # usage errors: status 2, the option named
     (["translate", "train", "--limit", "0"], 2, "--limit"),
+    # --resume and --overwrite together: refused before any data is read or trained
+    *[
+        ([*command, "--resume", "--overwrite", "--run-dir", "{tmp}/both"], 2,
+         "argument --overwrite: not allowed with argument --resume")
+        for command in (["translate", "train"], ["vit", "train"], ["bert", "pretrain"],
+                        ["bert", "finetune"], ["bert", "finetune-tokens"])
+    ],
     (["translate", "train", "--limit", "-5"], 2, "--limit"),
     (["translate", "train", "--steps", "0"], 2, "--steps"),
     (["translate", "train", "--beam", "0"], 2, "--beam"),

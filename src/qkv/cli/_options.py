@@ -268,8 +268,16 @@ def progress_option(options: argparse.Namespace) -> bool | None:
     return False if getattr(options, "no_progress", False) else None
 
 
-def add_overwrite(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+def add_overwrite(
+    parser: argparse.ArgumentParser,
+    resume: str | None = "continue from the last checkpoint",
+) -> None:
+    """``--overwrite`` and, unless ``resume`` is None, ``--resume`` with that help: they
+    exclude each other, so that together they are a usage error before any work."""
+    group = parser.add_mutually_exclusive_group()
+    if resume is not None:
+        group.add_argument("--resume", action="store_true", help=resume)
+    group.add_argument(
         "--overwrite",
         action="store_true",
         help="start afresh in a run directory that already holds a run (its files are replaced)",

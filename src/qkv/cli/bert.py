@@ -106,7 +106,6 @@ def _pretrain_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-documents", type=positive_int, help="use only this many documents (smoke tests)"
     )
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     add_overwrite(p)
     p.add_argument("--device", type=device, help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument(
@@ -212,13 +211,11 @@ def _finetune_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", type=device, help="cpu, cuda, ... (default: cuda if available)")
     add_training_speed(p)
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --run-dir: seeds done are kept, the stopped one continues "
+    add_overwrite(
+        p,
+        resume="continue the run in --run-dir: seeds done are kept, the stopped one continues "
         "from its last checkpoint",
     )
-    add_overwrite(p)
     add_progress(p)
     return p
 

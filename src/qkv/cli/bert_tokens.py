@@ -74,12 +74,7 @@ def _finetune_parser() -> argparse.ArgumentParser:
     )
     add_training_speed(p)
     add_progress(p)
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --run-dir from its last checkpoint",
-    )
-    add_overwrite(p)
+    add_overwrite(p, resume="continue the run in --run-dir from its last checkpoint")
     return p
 
 

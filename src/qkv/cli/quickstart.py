@@ -43,7 +43,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--run-dir", default="runs/quickstart-tour", help="where every file of the tour goes"
     )
-    add_overwrite(parser)
+    add_overwrite(parser, resume=None)
     add_progress(parser)
     add_json(parser, "the summary as one JSON object")
     parser.set_defaults(run=run)

@@ -186,7 +186,6 @@ def _train_parser() -> argparse.ArgumentParser:
         type=positive_int,
         help="use only the first N sentence pairs of the training data (smoke tests)",
     )
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     add_overwrite(p)
     p.add_argument(
         "--device", type=device, help="cpu, cuda, cuda:1 ... (default: cuda if available)"

@@ -140,7 +140,6 @@ def _train(argv: list[str]) -> int:
         type=positive_int,
         help="override the preset's batch (per process under torchrun)",
     )
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     add_overwrite(p)
     p.add_argument("--limit", type=positive_int, help="use only the first N train and test images")
     p.add_argument("--data", help="Fashion-MNIST directory (default: Debian's)")

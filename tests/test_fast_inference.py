@@ -147,6 +147,9 @@ def tiny_classifier(tmp_path_factory):
     return folder
 
 
+# Slow: half a minute of compilation on a 2-core CPU; the default run keeps the compiled
+# ViT classifier below and the compiled BERT graph of tests/test_export_ready.py.
+@pytest.mark.slow
 def test_compiled_bert_classifier_gives_the_same_logits(tiny_classifier):
     from qkv.tasks.bert.classify import Classifier
 

@@ -46,6 +46,7 @@ from qkv.data.translation import load_translation
 from qkv.fileio import write_json_atomic
 from qkv.tasks.translation import PRESETS, load_translator, score, train_translator
 from qkv.train.checkpoint import list_checkpoints
+from qkv.train.rundir import _flatten
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "levers"
@@ -213,25 +214,14 @@ def ensemble(args: argparse.Namespace) -> None:
         )
 
 
-def _flat(values: dict, prefix: str = "") -> dict[str, object]:
-    flat: dict[str, object] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat |= _flat(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _preset_then(lever: dict) -> str:
     """The fields in which the lever's preset, when it ran, differs from the preset of
     that name now (``FIELD=VALUE, ...``; empty when it is the same): a preset may change
     after the levers that led to it were measured."""
     if lever["preset"] not in PRESETS:
         return ""
-    # Through JSON, as lever.json holds it (tuples become lists).
-    now = _flat(json.loads(json.dumps(_override(PRESETS[lever["preset"]], lever["set"]).to_dict())))
-    recorded = _flat(lever["recipe"])
+    now = _flatten(_override(PRESETS[lever["preset"]], lever["set"]).to_dict())
+    recorded = _flatten(lever["recipe"])
     return ", ".join(
         f"`{key}={value}`"
         for key, value in recorded.items()
@@ -296,10 +286,11 @@ def _levers_in(results: Path) -> list[str]:
     start = text.find("### Each lever on the validation split", text.find(SECTION))
     if start < 0:
         return []
+    end = text.find("\n### ", start + 1)
     names = []
-    for line in text[start:].split("\n\n", 3)[2].splitlines()[2:]:
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if len(cells) == 7:
+    for line in text[start : end if end >= 0 else len(text)].splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 7 and cells[0] not in ("lever", "---"):
             names.append(cells[0])
     return names
 

@@ -473,6 +473,10 @@ def _tour(
 
 def format_summary(report: TourReport) -> str:
     """The summary table (stage, result, time, files) and the longer jobs, as text."""
+    import torch
+
+    from qkv.precision import bf16_is_slow
+
     lines = [f"{'stage':<16}{'time':>8}  result", "-" * 78]
     for stage in report.stages:
         lines.append(f"{stage.name:<16}{_minutes(stage.seconds):>8}  {stage.result}")
@@ -484,10 +488,6 @@ def format_summary(report: TourReport) -> str:
         "Longer jobs, and what each gives (times measured on 2-core CPUs with bf16",
         "instructions, AMD Zen 4 or Intel Xeon, where this tour takes about 4 minutes):",
     ]
-    import torch
-
-    from qkv.precision import bf16_is_slow
-
     slow = bf16_is_slow(torch.device("cpu"))
     if slow:
         lines.append(

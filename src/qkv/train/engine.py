@@ -227,7 +227,7 @@ class Trainer:
     def _say_precision(self) -> None:
         if not self.context.is_main:
             return
-        slow = bf16_is_slow(self.device) if self.device.type in ("cpu", "cuda") else None
+        slow = bf16_is_slow(self.device)
         if self.config.precision == "auto":
             why = f": {slow}" if slow and self.precision == "fp32" else ""
             logger.info("precision auto: training in %s on %s%s", self.precision, self.device, why)

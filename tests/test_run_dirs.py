@@ -111,6 +111,15 @@ def test_a_finished_run_is_refused_without_resume_and_left_byte_for_byte(copy, c
     assert "run.json" in before and "run.lock" not in before
 
 
+def test_the_refusal_comes_before_the_corpus_is_read(copy, corpus, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the corpus was read before the folder was checked")
+
+    monkeypatch.setattr("qkv.tasks.translation.train.load_translation", never)
+    with pytest.raises(RunDirError, match=r"holds a run \(checkpoints up to step 8\)"):
+        _train(copy, corpus)
+
+
 def test_overwrite_replaces_the_run_and_keeps_other_files(copy, corpus):
     (copy / "notes.txt").write_text("mine")
     (copy / "checkpoints" / "step-00000099").mkdir()  # of the old run: must go

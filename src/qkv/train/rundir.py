@@ -48,6 +48,7 @@ __all__ = [
     "RESUMABLE_FIELDS",
     "RunDir",
     "RunDirError",
+    "check_run_dir",
     "describe_run",
     "identity_differences",
     "one_writer",
@@ -142,10 +143,7 @@ def _prepare(path: Path, *, resume: bool, overwrite: bool, identity: dict[str, A
         _remove_run(path)
         return False
     if not resume:
-        raise RunDirError(
-            f"{path} holds a run ({held}); pass --resume to continue it, --overwrite to "
-            "replace it, or choose a new folder"
-        )
+        raise _holds_a_run(path, held)
     previous = _read_identity(path)
     if previous is None:
         # A run from before run.json, or killed between its first files and run.json.
@@ -160,6 +158,22 @@ def _prepare(path: Path, *, resume: bool, overwrite: bool, identity: dict[str, A
             "keep_checkpoints may change on resume)"
         )
     return True
+
+
+def _holds_a_run(path: Path, held: str) -> RunDirError:
+    return RunDirError(
+        f"{path} holds a run ({held}); pass --resume to continue it, --overwrite to "
+        "replace it, or choose a new folder"
+    )
+
+
+def check_run_dir(path: str | os.PathLike[str], *, resume: bool, overwrite: bool) -> None:
+    """:func:`open_run_dir`'s refusal of a folder that holds a run (neither ``resume``
+    nor ``overwrite``), made before the work a run's identity needs (reading the
+    corpus, training a tokenizer); :func:`open_run_dir` checks again under its lock."""
+    held = None if resume or overwrite else describe_run(path)
+    if held is not None:
+        raise _holds_a_run(Path(path), held)
 
 
 def describe_run(path: str | os.PathLike[str]) -> str | None:

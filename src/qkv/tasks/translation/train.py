@@ -55,7 +55,7 @@ from qkv.tasks.translation.translator import FAMILY, Translator, load_run_tokeni
 from qkv.train import Trainer, TrainResult
 from qkv.train.checkpoint import list_checkpoints
 from qkv.train.losses import seq2seq_loss
-from qkv.train.rundir import IDENTITY_FILE, RunDirError, open_run_dir
+from qkv.train.rundir import IDENTITY_FILE, RunDirError, check_run_dir, open_run_dir
 
 __all__ = [
     "EpochBatches",
@@ -289,6 +289,7 @@ def train_translator(
     if data is not None and data_path is not None:
         raise ValueError("pass the dictionary (data_path) or your own corpus (data), not both")
     run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     start = None
     if start_from is not None:
         if vocab_size is not None:

@@ -80,6 +80,7 @@ def csv_model(tokenizer_dir, tmp_path_factory):
         write_csv(root / f"{name}.csv", examples(n, seed))
     argv = scratch(tokenizer_dir, root / "run", "--train", str(root / "train.csv"))
     argv += ["--valid", str(root / "valid.csv"), "--test", str(root / "test.csv")]
+    argv += ["--set", "model.num_layers=1", "--set", "model.dropout=0.05"]
     assert main(argv) == 0
     return root
 
@@ -92,6 +93,8 @@ def test_csv_files_train_a_classifier_that_keeps_its_label_names(csv_model, caps
     model_dir = csv_model / "run" / "seed-0" / "model"
     config = json.loads((model_dir / "config.json").read_text())
     assert config["id2label"] == {"0": "money", "1": "sport", "2": "tech"}
+    # The --set fields reached the model (the tiny preset has 2 layers, dropout 0.1).
+    assert config["num_hidden_layers"] == 1 and config["hidden_dropout_prob"] == 0.05
     task = json.loads((model_dir / TASK_FILE).read_text())
     assert task["text_pair_column"] is None and task["label_names"] == ["money", "sport", "tech"]
     identity = json.loads((csv_model / "run" / "run.json").read_text())
@@ -113,6 +116,20 @@ def test_csv_files_train_a_classifier_that_keeps_its_label_names(csv_model, caps
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split("\t")[0] in ("money", "sport", "tech")
     assert sorted(lines[1].split()[::2]) == ["money", "sport", "tech"]
+
+
+def test_a_bad_model_field_is_refused_before_the_run_directory_is_made(
+    tokenizer_dir, csv_model, tmp_path, capsys
+):
+    # Checked against the configuration the seeds would build (the tiny preset: 2 heads
+    # of d_model 128), before anything is written.
+    train = str(csv_model / "train.csv")
+    for bad, named in (("model.num_heads=3", "num_heads (3) must divide"),
+                       ("model.dropout=1.5", "dropout must be in [0, 1)")):  # fmt: skip
+        argv = scratch(tokenizer_dir, tmp_path / "run", "--train", train, "--set", bad)
+        assert main(argv) == 1
+        assert named in capsys.readouterr().err
+        assert not (tmp_path / "run").exists()
 
 
 def test_classify_scores_in_batches_and_keeps_the_input_order(csv_model, monkeypatch, capsys):

@@ -147,6 +147,32 @@ def test_recipes_hold_a_model_config_and_a_train_config():
         TRANSLATION["small"].override({"train.speed": 2})
 
 
+def test_every_recipe_takes_set_assignments_and_refuses_what_its_job_sets():
+    from qkv.tasks.bert import FinetuneRecipe, PretrainRecipe
+    from qkv.tasks.translation import PRESETS as TRANSLATION
+    from qkv.tasks.vit import PRESETS as VIT
+
+    recipes = (TRANSLATION["small"], VIT["fashion"], PretrainRecipe.create("tiny"))
+    for recipe in (*recipes, FinetuneRecipe()):
+        changed = recipe.override_text(["model.dropout=0.25", "train.lr=1e-5"])
+        dropout = (
+            changed.model["dropout"] if isinstance(changed.model, dict) else changed.model.dropout
+        )
+        assert dropout == 0.25 and changed.train.lr == 1e-5
+        with pytest.raises(ValueError, match=r"train\.seed is set by the seed"):
+            recipe.override_text(["train.seed=3"])
+    # A fine-tuning's model fields are the checkpoint configuration's, read as their types.
+    finetune = FinetuneRecipe().override_text(["model.attention_dropout=0", "epochs=0.5"])
+    assert finetune.model == {"attention_dropout": 0.0} and finetune.epochs == 0.5
+    assert "model.fused_attention" in FinetuneRecipe().field_names()
+    with pytest.raises(ValueError, match="model.dropout takes float"):
+        FinetuneRecipe().override_text(["model.dropout=high"])
+    with pytest.raises(ValueError, match=r"train\.max_steps is set by epochs"):
+        FinetuneRecipe().override_text(["train.max_steps=10"])
+    with pytest.raises(ValueError, match="FIELD one of"):
+        FinetuneRecipe().override_text(["model.colour=1"])
+
+
 def test_families_identify_runs_checkpoints_and_hugging_face_folders(tmp_path):
     from qkv.convert.bert import save_pretrained
 

@@ -217,11 +217,13 @@ def test_cli_errors(digits_run, tmp_path, capsys):
 def test_cli_train_smoke_on_fashion_subset(tmp_path, capsys):
     run_dir = tmp_path / "fashion"
     argv = ["vit", "train", "--preset", "fashion", "--run-dir", str(run_dir), "--steps", "4"]
+    argv += ["--set", "model.num_layers=2", "--set", "train.lr=1e-3"]
     assert main(["--threads", "1", *argv, "--limit", "400", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and "after 4 steps" in out
     meta = latest_checkpoint(run_dir).meta
     assert meta["classes"][0] == "T-shirt/top" and meta["max_value"] == 255
     assert meta["model_config"]["patch_size"] == 7 and meta["test_flip"] is True
+    assert meta["model_config"]["num_layers"] == 2  # --set reached the model
     assert main(["vit", "classify", str(run_dir), "fashion-mnist:0", "--top", "3"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 4

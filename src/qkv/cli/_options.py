@@ -15,7 +15,12 @@ import math
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar
+
+if TYPE_CHECKING:
+    from qkv.train.recipe import Recipe
+
+    R = TypeVar("R", bound=Recipe[Any])
 
 __all__ = [
     "Parser",
@@ -282,6 +287,40 @@ def add_overwrite(
         action="store_true",
         help="start afresh in a run directory that already holds a run (its files are replaced)",
     )
+
+
+def add_set(parser: argparse.ArgumentParser, examples: str) -> None:
+    """``--set FIELD=VALUE`` of the training commands: one field of the recipe
+    (:meth:`qkv.train.recipe.Recipe.override_text`), read back with :func:`apply_set`."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help=f"change one field of the recipe (repeatable), e.g. {examples}; an unknown "
+        "field lists the known ones; recorded in the run, so --resume needs the same",
+    )
+
+
+def apply_set(
+    parser: argparse.ArgumentParser,
+    recipe: R,
+    options: argparse.Namespace,
+    options_for: dict[str, str] | None = None,
+) -> R:
+    """``recipe`` with the ``--set`` assignments; a bad one is a usage error (exit 2).
+    ``options_for`` maps a field to the destination of the command's own option for it
+    (``{"train.max_steps": "steps"}``): setting both is a usage error, not a silent
+    choice of one."""
+    for assignment in options.set:
+        key = assignment.partition("=")[0]
+        dest = (options_for or {}).get(key)
+        if dest is not None and getattr(options, dest) != parser.get_default(dest):
+            parser.error(f"--set {key} and --{dest.replace('_', '-')} both set it: give one")
+    try:
+        return recipe.override_text(options.set)
+    except ValueError as error:
+        parser.error(str(error))
 
 
 def add_training_speed(parser: argparse.ArgumentParser) -> None:

@@ -39,7 +39,9 @@ from qkv.cli._options import (
     add_json,
     add_overwrite,
     add_progress,
+    add_set,
     add_training_speed,
+    apply_set,
     device,
     inference_device,
     non_negative_int,
@@ -111,6 +113,7 @@ def _pretrain_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed", type=non_negative_int, default=0, help="of initialisation, masking, order"
     )
+    add_set(p, "model.dropout=0.0, train.weight_decay=0, eval_sequences=512")
     add_training_speed(p)
     add_progress(p)
     return p
@@ -139,6 +142,12 @@ def add_starting_point(p: argparse.ArgumentParser, *, model_help: str) -> None:
         help="with --from-scratch: the vocabulary of this checkpoint (default: a new one "
         "trained on the train split)",
     )
+
+
+# The fine-tuning recipe's fields that add_recipe_options sets: its option for each.
+RECIPE_OPTIONS = {
+    "epochs": "epochs", "batch_size": "batch_size", "max_length": "max_length", "train.lr": "lr"
+}  # fmt: skip
 
 
 def add_recipe_options(p: argparse.ArgumentParser, *, unit: str, long: str) -> None:
@@ -201,6 +210,7 @@ def _finetune_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--attention-dropout", type=probability, help="override the checkpoint's attention dropout"
     )
+    add_set(p, "model.dropout=0.2, warmup_fraction=0.06, train.weight_decay=0")
     p.add_argument(
         "--limit",
         type=_count,
@@ -238,7 +248,8 @@ def _classify_parser() -> argparse.ArgumentParser:
 def _pretrain(argv: list[str]) -> int:
     from qkv.tasks.bert.pretrain import PretrainRecipe, pretrain
 
-    o = _pretrain_parser().parse_args(argv)
+    parser = _pretrain_parser()
+    o = parser.parse_args(argv)
     recipe = PretrainRecipe.create(
         o.preset,
         vocab_size=o.vocab_size,
@@ -248,6 +259,10 @@ def _pretrain(argv: list[str]) -> int:
         lr=o.lr,
         eval_every=o.eval_every,
     )
+    recipe = apply_set(parser, recipe, o, {
+        "model.vocab_size": "vocab_size", "train.max_steps": "steps", "batch_size": "batch_size",
+        "max_length": "max_length", "train.lr": "lr", "train.eval_every": "eval_every",
+    })  # fmt: skip
     report = pretrain(
         o.run_dir,
         recipe,
@@ -296,6 +311,8 @@ def _finetune(argv: list[str]) -> int:
     recipe = FinetuneRecipe(
         epochs=o.epochs, batch_size=o.batch_size, max_length=o.max_length
     ).override({"train.lr": o.lr} | {f"model.{k}": v for k, v in overrides.items()})
+    own = RECIPE_OPTIONS | {"model.attention_dropout": "attention_dropout"}
+    recipe = apply_set(parser, recipe, o, own)
     report = finetune(
         o.run_dir,
         recipe,

@@ -39,7 +39,9 @@ from qkv.cli._options import (
     add_json,
     add_overwrite,
     add_progress,
+    add_set,
     add_training_speed,
+    apply_set,
     device,
     inference_device,
     non_negative_int,
@@ -49,7 +51,7 @@ from qkv.cli._options import (
     read_lines,
     training_speed,
 )
-from qkv.cli.bert import add_recipe_options, add_starting_point
+from qkv.cli.bert import RECIPE_OPTIONS, add_recipe_options, add_starting_point
 
 __all__ = ["finetune_tokens", "tag"]
 
@@ -66,6 +68,7 @@ def _finetune_parser() -> argparse.ArgumentParser:
     add_starting_point(p, model_help="the token classifier's body")
     p.add_argument("--run-dir", default="runs/bert-tokens", help="where the run is written")
     add_recipe_options(p, unit="sentences", long="longer sentences are tagged in windows")
+    add_set(p, "model.dropout=0.2, warmup_fraction=0.06, train.weight_decay=0")
     p.add_argument(
         "--seed", type=non_negative_int, default=0, help="head initialisation and data order"
     )
@@ -120,6 +123,7 @@ def finetune_tokens(argv: list[str]) -> int:
     recipe = FinetuneRecipe(
         name="finetune-tokens", epochs=o.epochs, batch_size=o.batch_size, max_length=o.max_length
     ).override({"train.lr": o.lr})
+    recipe = apply_set(parser, recipe, o, RECIPE_OPTIONS)
     report = run(
         o.run_dir,
         recipe,

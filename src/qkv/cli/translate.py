@@ -56,7 +56,9 @@ from qkv.cli._options import (
     add_overwrite,
     add_progress,
     add_quantize,
+    add_set,
     add_training_speed,
+    apply_set,
     check_new_folder,
     check_quantize,
     device,
@@ -172,15 +174,7 @@ def _train_parser() -> argparse.ArgumentParser:
         "SentencePiece tokenizer instead of the preset's model and a new BPE vocabulary",
     )
     p.add_argument("--steps", type=positive_int, help="override the preset's number of steps")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="change one field of the preset (repeatable), e.g. model.dropout=0.3, "
-        "word_dropout=0.1, alternatives=first, train.lr=5e-4; an unknown field lists the "
-        "known ones; recorded in the run, so --resume needs the same",
-    )
+    add_set(p, "model.dropout=0.3, word_dropout=0.1, alternatives=first, train.lr=5e-4")
     p.add_argument(
         "--limit",
         type=positive_int,
@@ -497,10 +491,10 @@ def _train(argv: list[str]) -> int:
 
     parser = _train_parser()
     options = parser.parse_args(argv)
-    try:
-        recipe = PRESETS[options.preset].override_text(options.set)
-    except ValueError as error:
-        parser.error(str(error))
+    recipe = apply_set(
+        parser, PRESETS[options.preset], options,
+        {"train.max_steps": "steps", "model.src_vocab_size": "vocab_size"},
+    )  # fmt: skip
     own = options.train is not None or options.source_file is not None
     if options.start_from is not None and own:
         # The Marian folder names its languages; the corpus need not repeat them.

@@ -63,7 +63,9 @@ from qkv.cli._options import (
     add_json,
     add_overwrite,
     add_progress,
+    add_set,
     add_training_speed,
+    apply_set,
     check_new_folder,
     device,
     inference_device,
@@ -140,6 +142,7 @@ def _train(argv: list[str]) -> int:
         type=positive_int,
         help="override the preset's batch (per process under torchrun)",
     )
+    add_set(p, "model.dropout=0.1, train.lr=1e-3, flip_p=0, test_flip=false")
     add_overwrite(p)
     p.add_argument("--limit", type=positive_int, help="use only the first N train and test images")
     p.add_argument("--data", help="Fashion-MNIST directory (default: Debian's)")
@@ -152,9 +155,10 @@ def _train(argv: list[str]) -> int:
     add_training_speed(p)
     add_progress(p)
     o = p.parse_args(argv)
+    own = {"train.max_steps": "steps", "batch_size": "batch_size"}
     report = train_vit(
         o.run_dir,
-        o.preset,
+        apply_set(p, PRESETS[o.preset], o, own),
         resume=o.resume,
         max_steps=o.steps,
         batch_size=o.batch_size,

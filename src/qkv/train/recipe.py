@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import UnionType
-from typing import Any, Generic, Self, TypeVar, Union
+from typing import Any, ClassVar, Generic, Self, TypeVar, Union
 
 from qkv.train.engine import TrainConfig
 
@@ -34,6 +34,14 @@ class Recipe(Generic[ModelConfig]):
     model: ModelConfig
     train: TrainConfig
 
+    #: The configuration class whose fields a ``model`` dict of overrides may hold
+    #: (fine-tuning's checkpoint configuration); ``None`` where ``model`` is one.
+    model_type: ClassVar[type | None] = None
+    #: Fields the job sets itself, each with what sets it (fine-tuning's number of steps
+    #: follows from its epochs): :meth:`override_text`, the user's way in, refuses them
+    #: rather than let the job replace the value without a word.
+    derived: ClassVar[Mapping[str, str]] = {}
+
     def to_dict(self) -> dict[str, Any]:
         """Plain values, nested configurations as dicts (saved in a run's meta.json)."""
         return dataclasses.asdict(self)
@@ -46,9 +54,9 @@ class Recipe(Generic[ModelConfig]):
         nested: dict[str, dict[str, Any]] = {}
         for key, value in changes.items():
             part, _, name = key.rpartition(".")
-            holder = getattr(self, part) if part else self
-            known = part == "model" and isinstance(holder, dict)  # any override of a config
-            if part not in ("", "model", "train") or not (known or name in _field_names(holder)):
+            holder = self._holder(part) if part in ("", "model", "train") else None
+            known = isinstance(holder, dict)  # overrides of an undeclared configuration
+            if holder is None or not (known or name in _field_names(holder)):
                 raise ValueError(f"unknown recipe field {key!r}; known: {self.field_names()}")
             if part:
                 nested.setdefault(part, {})[name] = value
@@ -68,10 +76,12 @@ class Recipe(Generic[ModelConfig]):
         choice, ``none`` where None is allowed). ``ValueError`` naming the assignment
         for an unknown field, a value of the wrong type, or one the configuration
         refuses."""
-        names = self.field_names()
+        names = [n for n in self.field_names() if n not in self.derived]
         changes: dict[str, Any] = {}
         for assignment in assignments:
             key, sep, text = assignment.partition("=")
+            if key in self.derived:
+                raise ValueError(f"--set {assignment!r}: {key} is set by {self.derived[key]}")
             if not sep or key not in names:
                 raise ValueError(
                     f"--set {assignment!r}: expected FIELD=VALUE, FIELD one of {', '.join(names)}"
@@ -90,8 +100,16 @@ class Recipe(Generic[ModelConfig]):
         """Every name :meth:`override` takes."""
         names = [n for n in _field_names(self) if n not in ("model", "train")]
         for part in ("model", "train"):
-            names += [f"{part}.{n}" for n in _field_names(getattr(self, part))]
+            names += [f"{part}.{n}" for n in _field_names(self._holder(part))]
         return names
+
+    def _holder(self, part: str) -> Any:
+        """What holds the fields of ``part`` ("" for the recipe's own): a dict of
+        overrides answers for its configuration class when one is declared."""
+        holder = getattr(self, part) if part else self
+        if isinstance(holder, dict) and self.model_type is not None:
+            return self.model_type
+        return holder
 
 
 def _field_names(obj: Any) -> list[str]:
@@ -124,7 +142,7 @@ def _type_name(kind: Any) -> str:
 def field_type(recipe: Recipe[Any], key: str) -> Any:
     """The declared type of field ``key`` (as :meth:`Recipe.override` names it)."""
     part, _, name = key.rpartition(".")
-    holder = getattr(recipe, part) if part else recipe
+    holder = recipe._holder(part)
     if name not in _field_names(holder):
         raise ValueError(f"unknown recipe field {key!r}; known: {recipe.field_names()}")
-    return typing.get_type_hints(type(holder))[name]
+    return typing.get_type_hints(holder if isinstance(holder, type) else type(holder))[name]

@@ -20,15 +20,16 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from qkv.convert.bert import from_pretrained, save_pretrained
+from qkv.convert.bert import config_from_hf, from_pretrained, save_pretrained
+from qkv.convert.common import read_config
 from qkv.data.labelled import LabelledFiles
 from qkv.data.text import LabelledText, Text, load_labelled
 from qkv.data.wordpiece import WordPieceTokenizer
@@ -81,6 +82,19 @@ class FinetuneRecipe(Recipe[dict[str, Any]]):
     batch_size: int = 16
     max_length: int = 128  # tokens, [CLS] and [SEP] included; longer texts are truncated
     warmup_fraction: float = 0.1
+
+    model_type: ClassVar[type | None] = BertConfig
+    derived: ClassVar[Mapping[str, str]] = {
+        "train.seed": "the seed (--seeds; --seed for tokens)",
+        "train.max_steps": "epochs (--epochs)",
+        "train.warmup_steps": "warmup_fraction",
+        "train.eval_every": "the epoch (one evaluation each)",
+        "train.checkpoint_every": "the epoch (one checkpoint each)",
+        "train.log_every": "the epoch",
+        "model.vocab_size": "the vocabulary",
+        "model.pad_id": "the vocabulary",
+        "model.model_type": "the checkpoint",
+    }
 
     def train_config(self, steps_per_epoch: int, seed: int) -> TrainConfig:
         """``train`` with the steps of ``epochs`` epochs, an evaluation and a checkpoint
@@ -203,12 +217,22 @@ def _new_classifier(
             checkpoint, "classification", num_labels=len(labels), label_names=labels, **overrides
         )
     else:
-        config = BertConfig.preset(
-            str(preset), **{"vocab_size": tok.vocab_size, "pad_id": tok.pad_id} | overrides
-        )
+        config = _model_config(None, preset, tok, overrides)
         model = BertForSequenceClassification(config, len(labels), label_names=labels)
     assert isinstance(model, BertForSequenceClassification)
     return model
+
+
+def _model_config(
+    checkpoint: Path | None, preset: str | None, tok: WordPieceTokenizer, overrides: dict[str, Any]
+) -> BertConfig:
+    """The configuration of the model each seed builds: ``checkpoint``'s, or ``preset``'s
+    sized for ``tok``, with ``overrides``; a bad override raises here."""
+    if checkpoint is not None:
+        return config_from_hf(read_config(checkpoint), **overrides)
+    return BertConfig.preset(
+        str(preset), **{"vocab_size": tok.vocab_size, "pad_id": tok.pad_id} | overrides
+    )
 
 
 def _trained_labels(checkpoint: Path) -> list[str] | None:
@@ -292,6 +316,7 @@ def finetune(
     recipe.train_config(math.ceil(len(train) / recipe.batch_size), seeds[0] if seeds else 0)
     if preset is not None and not hasattr(BertConfig, preset):
         raise ValueError(f"unknown BERT preset {preset!r}")
+    _model_config(source, preset, tok, recipe.model)  # the model overrides, checked now
     report = FinetuneReport(
         data.name,
         str(checkpoint) if checkpoint is not None else f"{preset} from scratch",

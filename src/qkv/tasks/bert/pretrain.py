@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -55,6 +56,12 @@ class PretrainRecipe(Recipe[BertConfig]):
     batch_size: int = 32  # sequences of max_length packed tokens
     max_length: int = 128
     eval_sequences: int = 256  # held-out sequences, masked once with a fixed seed
+
+    # model.vocab_size stays settable: the size the new vocabulary is trained to.
+    derived: ClassVar[Mapping[str, str]] = {
+        "train.seed": "the seed (--seed)",
+        "model.pad_id": "the vocabulary",
+    }
 
     @classmethod
     def create(

@@ -7,7 +7,9 @@ when the model is built.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from qkv.data.alternatives import ALTERNATIVES, Alternatives
 from qkv.data.bpe import PAD_ID
@@ -30,6 +32,12 @@ class TranslationPreset(Recipe[TransformerConfig]):
     # The "/" alternatives of training targets (qkv.data.alternatives): "keep" the line,
     # the "first" alternative, or "split" into one pair per variant.
     alternatives: Alternatives = "keep"
+
+    derived: ClassVar[Mapping[str, str]] = {
+        "train.seed": "the seed (--seed)",
+        "model.tgt_vocab_size": "model.src_vocab_size (one joint vocabulary)",
+        **{f"model.{name}_id": "the BPE vocabulary" for name in ("pad", "bos", "eos")},
+    }
     # Each source token and each decoder input token after <bos> is replaced by <unk>
     # with this probability while training (word dropout).
     word_dropout: float = 0.0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from qkv.models.vit import ViTConfig
 from qkv.precision import Precision
@@ -28,6 +30,14 @@ class ViTPreset(Recipe[ViTConfig]):
     test_flip: bool = False  # average the predictions of each image and its mirror image
     crop_padding: int = 0  # random crops after zero padding; 0 = none
     valid_size: int = 5000  # held out of the training images
+
+    derived: ClassVar[Mapping[str, str]] = {
+        "train.seed": "the seed (--seed)",
+        "dataset": "the preset (--preset) or --images",
+        "model.num_classes": "the data's classes",
+        "model.in_channels": "the data's images",
+        "model.image_size": "the data's images (--image-size for your own)",
+    }
 
     def __post_init__(self) -> None:
         if self.dataset not in (*DATASETS, IMAGE_FOLDER):

@@ -11,7 +11,7 @@ from qkv.precision import Precision
 from qkv.train import TrainConfig
 from qkv.train.recipe import Recipe
 
-__all__ = ["DATASETS", "IMAGE_FOLDER", "PRESETS", "ViTPreset"]
+__all__ = ["DATASETS", "IMAGE_FOLDER", "PRESETS", "ViTPreset", "get_preset"]
 
 DATASETS = ("fashion-mnist", "digits")
 #: ``dataset`` of a run on the user's own folder of images (``qkv vit train --images``).
@@ -94,3 +94,10 @@ PRESETS: dict[str, ViTPreset] = {
         dataset="fashion-mnist", batch_size=128, flip_p=0.5, valid_size=3000,
     ),
 }  # fmt: skip
+
+
+def get_preset(name: str) -> ViTPreset:
+    """The preset called ``name``; ``ValueError`` naming the known ones otherwise."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return PRESETS[name]

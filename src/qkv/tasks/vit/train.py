@@ -46,7 +46,7 @@ from qkv.losses import summed
 from qkv.models.vit import ViT
 from qkv.tasks.vit.classifier import FAMILY, Classifier, evaluate_accuracy, load_classifier
 from qkv.tasks.vit.data import load_folder_splits, load_images, split_valid, subset
-from qkv.tasks.vit.presets import IMAGE_FOLDER, PRESETS, ViTPreset
+from qkv.tasks.vit.presets import IMAGE_FOLDER, ViTPreset, get_preset
 from qkv.train import Trainer
 from qkv.train.optim import parameter_groups
 from qkv.train.rundir import open_run_dir
@@ -119,9 +119,7 @@ def train_vit(
     and writes ``report.json`` and returns the report, the others return ``None``.
     """
     if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-        preset = PRESETS[preset]
+        preset = get_preset(preset)
     preset = preset.override({"train.seed": seed})
     if max_steps is not None:
         preset = preset.override({"train.max_steps": max_steps})

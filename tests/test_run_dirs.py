@@ -7,6 +7,7 @@ The runs are the tiny translator on a small Ding-format file written here."""
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import os
 import shutil
@@ -541,3 +542,51 @@ def test_a_meta_json_that_is_not_json_is_named(copy):
     (checkpoint / "meta.json").write_text("{bad")
     with pytest.raises(ValueError, match=r"meta\.json: not valid JSON"):
         read_meta(checkpoint)
+
+
+def _vit_train(run_dir: Path) -> None:
+    from qkv.tasks.vit import train_vit
+
+    train_vit(run_dir, "digits")
+
+
+def _bert_finetune(run_dir: Path) -> None:
+    from qkv.tasks.bert import finetune
+
+    finetune(run_dir, preset="tiny")
+
+
+def _bert_tokens(run_dir: Path) -> None:
+    from qkv.tasks.bert.tokens import finetune_tokens
+
+    finetune_tokens(run_dir, train="train.conll", preset="tiny")
+
+
+def _bert_pretrain(run_dir: Path) -> None:
+    from qkv.tasks.bert.pretrain import pretrain
+
+    pretrain(run_dir)
+
+
+@pytest.mark.parametrize(
+    ("module", "reader", "call"),
+    [
+        ("qkv.tasks.vit.train", "load_images", _vit_train),
+        ("qkv.tasks.bert.finetune", "load_labelled", _bert_finetune),
+        ("qkv.tasks.bert.tokens", "_read_splits", _bert_tokens),
+        ("qkv.tasks.bert.pretrain", "load_mlm_text", _bert_pretrain),
+    ],
+    ids=["vit train", "bert finetune", "bert finetune-tokens", "bert pretrain"],
+)
+def test_every_family_refuses_a_held_folder_before_reading_its_data(
+    module, reader, call, tmp_path, monkeypatch
+):
+    def never(*args, **kwargs):
+        raise AssertionError("the data were read before the folder was checked")
+
+    # By module object: qkv.tasks.bert.finetune is also the name of a function there.
+    monkeypatch.setattr(importlib.import_module(module), reader, never)
+    (tmp_path / "run.json").write_text("{}")
+    with pytest.raises(RunDirError, match="holds a run"):
+        call(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]

@@ -497,7 +497,7 @@ def format_summary(report: TourReport) -> str:
         f"{'total':<16}{_minutes(report.seconds):>8}  everything in {report.run_dir}",
         "",
         "Longer jobs, and what each gives (times measured on 2-core CPUs with bf16",
-        "instructions, AMD Zen 4 or Intel Xeon, where this tour takes about 4 minutes):",
+        "instructions, AMD Zen 4 or Intel Xeon, about 3x an AVX2-only CPU's fp32 speed):",
     ]
     slow = bf16_is_slow(torch.device("cpu"))
     if slow:

@@ -46,6 +46,7 @@ from qkv.tasks.bert.common import MODEL_DIR, epoch_order, open_finetune_run, sta
 from qkv.train import TrainConfig, Trainer
 from qkv.train.optim import parameter_groups
 from qkv.train.recipe import Recipe
+from qkv.train.rundir import check_run_dir
 
 __all__ = ["FinetuneRecipe", "FinetuneReport", "finetune", "subsample"]
 
@@ -303,6 +304,7 @@ def finetune(
     recipe = recipe or FinetuneRecipe()
     if (checkpoint is None) == (preset is None):
         raise ValueError("give either a checkpoint or a preset to train from scratch")
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)  # before the data are read
     data = data_files.load() if data_files is not None else load_labelled(dataset, data_path)
     parts = (data.train, data.valid, data.test)
     train, valid, test = (subsample(p, n) for p, n in zip(parts, limits, strict=True))

@@ -38,7 +38,7 @@ from qkv.train import TrainConfig, Trainer
 from qkv.train.checkpoint import list_checkpoints
 from qkv.train.optim import parameter_groups
 from qkv.train.recipe import Recipe
-from qkv.train.rundir import IDENTITY_FILE, RunDirError, open_run_dir
+from qkv.train.rundir import IDENTITY_FILE, RunDirError, check_run_dir, open_run_dir
 
 __all__ = ["PretrainRecipe", "PretrainReport", "evaluate_mlm", "mlm_loss", "pretrain"]
 
@@ -194,6 +194,7 @@ def pretrain(
     """
     recipe = recipe or PretrainRecipe.create()
     run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)  # before the data are read
     text = load_mlm_text()
     train_docs, held_out_docs = text.train[:max_documents], text.held_out[:max_documents]
     logger.info("pretraining on %d documents, %d held out", len(train_docs), len(held_out_docs))

@@ -68,6 +68,7 @@ from qkv.tasks.bert.common import (
 from qkv.tasks.bert.finetune import FinetuneRecipe
 from qkv.train import Trainer
 from qkv.train.optim import parameter_groups
+from qkv.train.rundir import check_run_dir
 
 __all__ = [
     "Entity",
@@ -504,6 +505,7 @@ def finetune_tokens(
     recipe = recipe or FinetuneRecipe(name="finetune-tokens")
     if (checkpoint is None) == (preset is None):
         raise ValueError("give either a checkpoint or a preset to train from scratch")
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)  # before the data are read
     labels, splits = _read_splits(train, valid, test)
     texts = (" ".join(s.words) for s in splits["train"])
     source, tok = starting_tokenizer(

@@ -49,7 +49,7 @@ from qkv.tasks.vit.data import load_folder_splits, load_images, split_valid, sub
 from qkv.tasks.vit.presets import IMAGE_FOLDER, ViTPreset, get_preset
 from qkv.train import Trainer
 from qkv.train.optim import parameter_groups
-from qkv.train.rundir import open_run_dir
+from qkv.train.rundir import check_run_dir, open_run_dir
 
 __all__ = ["TrainReport", "train_vit"]
 
@@ -127,6 +127,7 @@ def train_vit(
         preset = preset.override({"batch_size": batch_size})
     speed = {"compile": compile, "checkpoint_activations": checkpoint_activations}
     run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)  # before the images are read
     if images is not None:
         if data_dir is not None:
             raise ValueError("--data names a Fashion-MNIST folder: leave it out with --images")

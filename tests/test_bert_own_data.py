@@ -362,10 +362,15 @@ def test_bad_data_is_one_line_naming_file_and_line(
     assert not (tmp_path / "run").exists()  # nothing written before the data is checked
 
 
+def finetune_in(tmp_path) -> list[str]:
+    """``qkv bert finetune`` into a fresh folder (not the default one in the working folder)."""
+    return ["bert", "finetune", "--run-dir", str(tmp_path / "run")]
+
+
 def test_bytes_that_are_not_utf8_name_the_line(tmp_path, capsys):
     path = tmp_path / "a.csv"
     path.write_bytes(b"text,label\nhello,x\ncaf\xe9,y\n")
-    assert main(["bert", "finetune", "--from-scratch", "--train", str(path)]) == 1
+    assert main([*finetune_in(tmp_path), "--from-scratch", "--train", str(path)]) == 1
     assert f"{path}: line 3: not valid UTF-8 (byte 0xe9 at column 4)" in capsys.readouterr().err
 
 
@@ -383,10 +388,11 @@ def test_a_label_the_train_file_lacks_is_named(tmp_path, capsys):
 
 def test_too_few_examples_or_classes_are_refused_before_training(tmp_path, capsys):
     write_csv(tmp_path / "one.csv", [("a", "x"), ("b", "x")])
-    assert main(["bert", "finetune", "--from-scratch", "--train", str(tmp_path / "one.csv")]) == 1
+    scratch_in = [*finetune_in(tmp_path), "--from-scratch", "--train"]
+    assert main([*scratch_in, str(tmp_path / "one.csv")]) == 1
     assert "one.csv: every example has the label 'x'" in capsys.readouterr().err
     write_csv(tmp_path / "few.csv", [("a goal", "x"), ("a bank", "y")])
-    assert main(["bert", "finetune", "--from-scratch", "--train", str(tmp_path / "few.csv")]) == 1
+    assert main([*scratch_in, str(tmp_path / "few.csv")]) == 1
     err = capsys.readouterr().err
     assert "few.csv: the hash split left no" in err and "give --" in err
 

@@ -171,6 +171,10 @@ def test_every_recipe_takes_set_assignments_and_refuses_what_its_job_sets():
         FinetuneRecipe().override_text(["train.max_steps=10"])
     with pytest.raises(ValueError, match="FIELD one of"):
         FinetuneRecipe().override_text(["model.colour=1"])
+    # A tuple field takes its values separated by commas.
+    assert VIT["fashion"].override_text(["train.betas=0.9, 0.95"]).train.betas == (0.9, 0.95)
+    with pytest.raises(ValueError, match=r"takes 2 values separated by commas \(float, float\)"):
+        VIT["fashion"].override_text(["train.betas=0.9"])
 
 
 def test_families_identify_runs_checkpoints_and_hugging_face_folders(tmp_path):

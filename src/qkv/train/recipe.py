@@ -117,12 +117,19 @@ def _field_names(obj: Any) -> list[str]:
 
 
 def _parse(text: str, kind: Any) -> Any:
-    """``text`` as a value of the type ``kind`` (bool, int, float, str, a Literal, or
-    one of them or None)."""
+    """``text`` as a value of the type ``kind`` (bool, int, float, str, a Literal, a
+    tuple of them written with commas, or one of them or None)."""
     options = typing.get_args(kind) if typing.get_origin(kind) in (Union, UnionType) else (kind,)
     if type(None) in options and text.lower() == "none":
         return None
     kind = next(o for o in options if o is not type(None))
+    if typing.get_origin(kind) is tuple:  # tuple[float, float] or tuple[int, ...]
+        items, parts = typing.get_args(kind), text.split(",")
+        if len(items) == 2 and items[1] is Ellipsis:
+            items = (items[0],) * len(parts)
+        if len(parts) != len(items):
+            raise ValueError(f"{len(items)} values")
+        return tuple(_parse(part.strip(), item) for part, item in zip(parts, items, strict=True))
     if kind is bool:
         return {"true": True, "1": True, "false": False, "0": False}[text.lower()]
     if kind in (int, float, str):
@@ -136,6 +143,9 @@ def _parse(text: str, kind: Any) -> Any:
 def _type_name(kind: Any) -> str:
     if typing.get_origin(kind) is typing.Literal:
         return "one of " + ", ".join(map(str, typing.get_args(kind)))
+    if typing.get_origin(kind) is tuple:
+        items = typing.get_args(kind)
+        return f"{len(items)} values separated by commas ({', '.join(map(_type_name, items))})"
     return getattr(kind, "__name__", str(kind))
 
 

@@ -51,7 +51,7 @@ __all__ = [
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """The description as written (it holds examples), and every option's default in its
     help, ``(default: 4)``, except where there is none to show (``None``, a flag's
-    ``False``) or the help already says it."""
+    ``False``, an empty list) or the help already says it."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -60,6 +60,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             "default" in text
             or default is None
             or default is False
+            or default == []
             or default == argparse.SUPPRESS
             or not action.option_strings
         ):

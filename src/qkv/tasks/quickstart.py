@@ -101,9 +101,9 @@ class TourSettings:
     (the preset's 500 steps are meant for its 9,000).
 
     The sizes keep the tour within 10 minutes on a 2-core CPU without AVX-512, whose
-    fp32 products run at about a third of the speed of the machines with it: MiniLM reads
-    the first 64 WordPieces of each article (96.9% as with 128, in half the time), the
-    ViT trains 800 steps (each core's share about equal).
+    fp32 products are the slowest the tour meets: MiniLM reads the first 64 WordPieces of
+    each article (as accurate as 128, in half the time), the ViT trains 800 steps; what
+    each size gave is in benchmarks/RESULTS.md ("The quickstart tour's sizes").
     """
 
     bert_epochs: float = 1.0

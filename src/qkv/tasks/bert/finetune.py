@@ -86,7 +86,7 @@ class FinetuneRecipe(Recipe[dict[str, Any]]):
 
     model_type: ClassVar[type | None] = BertConfig
     derived: ClassVar[Mapping[str, str]] = {
-        "train.seed": "the seed (--seeds; --seed for tokens)",
+        "train.seed": "the seed of each fine-tuning (--seeds, --seed)",
         "train.max_steps": "epochs (--epochs)",
         "train.warmup_steps": "warmup_fraction",
         "train.eval_every": "the epoch (one evaluation each)",

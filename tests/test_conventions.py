@@ -106,7 +106,17 @@ CONFIG_ERRORS = [
         {"precision": "fp8"},
         r"precision must be 'fp32', 'bf16', 'fp16' or 'auto', got 'fp8'",
     ),
-    (TrainConfig, {"warmup_steps": -1}, r"warmup_steps must be >= 0, got -1"),
+    (TrainConfig, {"warmup_steps": -1}, r"warmup_steps must be >= 0 and finite, got -1"),
+    # What an optimizer would refuse only after the run folder is made, or train into NaN.
+    (TrainConfig, {"weight_decay": float("nan")}, r"weight_decay must be >= 0 and finite"),
+    (TrainConfig, {"lr": float("inf")}, r"lr must be finite, got inf"),
+    (TrainConfig, {"eps": 0.0}, r"eps must be positive, got 0.0"),
+    (
+        TrainConfig,
+        {"betas": (0.9, 1.0)},
+        r"betas must be two numbers in \[0, 1\), got \(0.9, 1.0\)",
+    ),
+    (TrainConfig, {"betas": (0.9,)}, r"betas must be two numbers in \[0, 1\)"),
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import typing
 from collections.abc import Iterable
 from typing import Any, ClassVar, Literal, Self, get_args, get_origin
@@ -73,7 +74,7 @@ class ConfigDict:
     ) -> None:
         """Raise ``ValueError`` naming the field and its value when
 
-        - a field in ``positive`` is not > 0 (``None`` passes: "not set");
+        - a field in ``positive`` is not > 0, or is infinite (``None`` passes: "not set");
         - a field in ``probabilities`` is not in [0, 1) (``None`` passes);
         - ``heads = (num_heads, width)`` and the first does not divide the second;
         - a ``Literal``-typed field holds a value its type does not list.
@@ -83,6 +84,8 @@ class ConfigDict:
             if value is not None and not value > 0:
                 optional = " or None" if name in _optional_fields(type(self)) else ""
                 raise ValueError(f"{name} must be positive{optional}, got {value}")
+            if value is not None and math.isinf(value):
+                raise ValueError(f"{name} must be finite, got {value}")
         for name in probabilities:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value < 1.0:

@@ -111,12 +111,15 @@ class TrainConfig(ConfigDict):
 
     def __post_init__(self) -> None:
         self.check(
-            positive=("max_steps", "grad_accum", "lr", "grad_clip", "log_every",
+            positive=("max_steps", "grad_accum", "lr", "eps", "grad_clip", "log_every",
                       "checkpoint_every", "keep_checkpoints"),
         )  # fmt: skip
         for name in ("weight_decay", "warmup_steps", "min_lr_factor", "eval_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not 0 <= value < math.inf:  # NaN fails too
+                raise ValueError(f"{name} must be >= 0 and finite, got {value}")
+        if len(self.betas) != 2 or not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
 
 
 @dataclass

@@ -121,6 +121,14 @@ def test_the_refusal_comes_before_the_corpus_is_read(copy, corpus, monkeypatch):
         _train(copy, corpus)
 
 
+def test_a_corpus_without_validation_pairs_is_refused_before_anything_is_written(tmp_path, corpus):
+    # Five pairs leave the hash split's validation part empty: its loss and BLEU would be
+    # those of nothing (sacreBLEU raised on the empty list, after run.json was written).
+    with pytest.raises(ValueError, match="no validation pairs .*--limit 5 is too small"):
+        _train(tmp_path / "run", corpus, limit=5)
+    assert not (tmp_path / "run").exists()
+
+
 def test_overwrite_replaces_the_run_and_keeps_other_files(copy, corpus):
     (copy / "notes.txt").write_text("mine")
     (copy / "checkpoints" / "step-00000099").mkdir()  # of the old run: must go

@@ -118,6 +118,8 @@ class TrainConfig(ConfigDict):
             value = getattr(self, name)
             if not 0 <= value < math.inf:  # NaN fails too
                 raise ValueError(f"{name} must be >= 0 and finite, got {value}")
+        if self.min_lr_factor > 1:
+            raise ValueError(f"min_lr_factor must be in [0, 1], got {self.min_lr_factor}")
         if len(self.betas) != 2 or not all(0.0 <= beta < 1.0 for beta in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
 

@@ -22,6 +22,7 @@ from qkv.train.rundir import RunDir, RunDirError, open_run_dir
 
 __all__ = [
     "MODEL_DIR",
+    "check_batch_shape",
     "checkpoint_dir",
     "epoch_order",
     "minilm_path",
@@ -51,6 +52,14 @@ def checkpoint_dir(path: str | Path) -> Path:
     if not (path / "config.json").is_file() and (path / MODEL_DIR / "config.json").is_file():
         return path / MODEL_DIR
     return path
+
+
+def check_batch_shape(batch_size: int, max_length: int) -> None:
+    """A batch of at least one sequence with room for a token beside [CLS] and [SEP]."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_length < 3:
+        raise ValueError(f"max_length ({max_length}) leaves no room beside [CLS] and [SEP]")
 
 
 def starting_tokenizer(

@@ -42,7 +42,13 @@ from qkv.tasks.bert.classify import (
     encode_texts,
     has_trained_head,
 )
-from qkv.tasks.bert.common import MODEL_DIR, epoch_order, open_finetune_run, starting_tokenizer
+from qkv.tasks.bert.common import (
+    MODEL_DIR,
+    check_batch_shape,
+    epoch_order,
+    open_finetune_run,
+    starting_tokenizer,
+)
 from qkv.train import TrainConfig, Trainer
 from qkv.train.optim import parameter_groups
 from qkv.train.recipe import Recipe
@@ -96,6 +102,13 @@ class FinetuneRecipe(Recipe[dict[str, Any]]):
         "model.pad_id": "the vocabulary",
         "model.model_type": "the checkpoint",
     }
+
+    def __post_init__(self) -> None:
+        if not 0 < self.epochs < math.inf:
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
+        if not 0.0 <= self.warmup_fraction <= 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1], got {self.warmup_fraction}")
+        check_batch_shape(self.batch_size, self.max_length)
 
     def train_config(self, steps_per_epoch: int, seed: int) -> TrainConfig:
         """``train`` with the steps of ``epochs`` epochs, an evaluation and a checkpoint

@@ -30,6 +30,7 @@ from qkv.losses import summed
 from qkv.models.bert import BertConfig, BertForMaskedLM
 from qkv.tasks.bert.common import (
     MODEL_DIR,
+    check_batch_shape,
     checkpoint_dir,
     epoch_order,
     model_device,
@@ -62,6 +63,11 @@ class PretrainRecipe(Recipe[BertConfig]):
         "train.seed": "the seed (--seed)",
         "model.pad_id": "the vocabulary",
     }
+
+    def __post_init__(self) -> None:
+        check_batch_shape(self.batch_size, self.max_length)
+        if self.eval_sequences < 1:
+            raise ValueError(f"eval_sequences must be >= 1, got {self.eval_sequences}")
 
     @classmethod
     def create(

@@ -33,17 +33,18 @@ class TranslationPreset(Recipe[TransformerConfig]):
     # the "first" alternative, or "split" into one pair per variant.
     alternatives: Alternatives = "keep"
 
-    derived: ClassVar[Mapping[str, str]] = {
-        "train.seed": "the seed (--seed)",
-        "model.tgt_vocab_size": "model.src_vocab_size (one joint vocabulary)",
-        **{f"model.{name}_id": "the BPE vocabulary" for name in ("pad", "bos", "eos")},
-    }
     # Each source token and each decoder input token after <bos> is replaced by <unk>
     # with this probability while training (word dropout).
     word_dropout: float = 0.0
     # Back-translated pairs (train_translator's back_translated) get this word in front
     # of their source, so the model can tell them from real pairs; "" for none.
     back_translation_tag: str = "<bt>"
+
+    derived: ClassVar[Mapping[str, str]] = {
+        "train.seed": "the seed (--seed)",
+        "model.tgt_vocab_size": "model.src_vocab_size (one joint vocabulary)",
+        **{f"model.{name}_id": "the BPE vocabulary" for name in ("pad", "bos", "eos")},
+    }
 
     def __post_init__(self) -> None:
         if self.alternatives not in ALTERNATIVES:
@@ -52,6 +53,13 @@ class TranslationPreset(Recipe[TransformerConfig]):
             )
         if not 0.0 <= self.word_dropout < 1.0:
             raise ValueError(f"word_dropout: expected 0 <= p < 1, got {self.word_dropout}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing: expected 0 <= p < 1, got {self.label_smoothing}")
+        if self.max_tokens < 1 or self.average_last < 1:
+            raise ValueError(
+                f"max_tokens ({self.max_tokens}) and average_last ({self.average_last}) "
+                "must be >= 1"
+            )
         if any(ch.isspace() for ch in self.back_translation_tag):
             raise ValueError("back_translation_tag: one word, without spaces")
 

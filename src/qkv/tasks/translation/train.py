@@ -353,6 +353,10 @@ def train_translator(
         prepared = _read_own(data, tokenizer, max_len, bleu_sentences, recipe, synthetic)
     if len(prepared.train) == 0:
         raise ValueError("no training pairs left once tokenised (all empty or too long)")
+    if len(prepared.valid) == 0 or not prepared.bleu_set:
+        # The loss and BLEU of nothing are undefined: refused, not reported as numbers.
+        fix = "give more pairs" if limit is None else f"--limit {limit} is too small"
+        raise ValueError(f"no validation pairs (the split left none once tokenised): {fix}")
     identity = {
         "task": "translation",
         **_recipe_identity(recipe),

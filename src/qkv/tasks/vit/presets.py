@@ -50,6 +50,11 @@ class ViTPreset(Recipe[ViTConfig]):
             )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.flip_p <= 1.0 or self.crop_padding < 0:
+            raise ValueError(
+                f"flip_p ({self.flip_p}) must be in [0, 1] and crop_padding "
+                f"({self.crop_padding}) >= 0"
+            )
 
     @property
     def augment(self) -> bool:

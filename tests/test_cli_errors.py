@@ -250,6 +250,7 @@ CASES = [
     (["embed", "--model", "{bert_nan}", "hi"], 1, "model.safetensors: tensor"),
     (["attention", "{empty}", "text"], 1, "empty"),
     (["attention", "{vit}", "{text_file}"], 1, "text.png"),
+    (["attention", "{vit}", "digits:360"], 1, "digits:360: no such test image (digits has 360"),
     (["attention", "{no_tokenizer}", "the dog"], 1, "tokenizer.json"),
     (["attention", "{bert}", " ".join(["the dog ate"] * 8)], 1, "max_position_embeddings"),
     (["vit", "classify", "{vit}", "{text_file}"], 1, "text.png"),

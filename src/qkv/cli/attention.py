@@ -155,6 +155,10 @@ def read_image(source: str, loaded: Loaded) -> tuple[Tensor, tuple[str, ...] | N
         from qkv.data.images import load_digits, load_fashion_mnist
 
         images = load_fashion_mnist("test") if name == "fashion-mnist" else load_digits("test")
+        if int(index) >= len(images.images):
+            raise ValueError(
+                f"{source}: no such test image ({name} has {len(images.images)}, from 0)"
+            )
         # (c, H, W), already in the units the model was trained on
         return images.images[int(index)].float(), images.classes
     if "read" in loaded.extra:

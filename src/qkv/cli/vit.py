@@ -277,11 +277,8 @@ def _read(source: str, classifier: Any) -> Any:
 
     name, _, index = source.partition(":")
     if name in IMAGE_SETS and index.isdigit():
-        try:
-            loaded = Loaded("vit", classifier.model, {"max_value": classifier.max_value})
-            return read_image(source, loaded)[0]
-        except IndexError as error:
-            raise ValueError(f"{source}: no such test image ({error})") from error
+        loaded = Loaded("vit", classifier.model, {"max_value": classifier.max_value})
+        return read_image(source, loaded)[0]
     if not Path(source).is_file():
         raise FileNotFoundError(f"image {source} not found")
     return classifier.read_image(source)  # a ValueError naming the file if unreadable

@@ -130,6 +130,13 @@ def test_a_bad_model_field_is_refused_before_the_run_directory_is_made(
         assert main(argv) == 1
         assert named in capsys.readouterr().err
         assert not (tmp_path / "run").exists()
+    # A checkpoint fixes the sizes of its weights (the fixture's model: 1 layer of 128).
+    model_dir = str(csv_model / "run" / "seed-0" / "model")
+    argv = ["bert", "finetune", "--model", model_dir, "--train", train, "--no-progress"]
+    argv += ["--run-dir", str(tmp_path / "run"), "--set", "model.d_model=64"]
+    assert main(argv) == 1
+    assert "model.d_model=64: " in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_classify_scores_in_batches_and_keeps_the_input_order(csv_model, monkeypatch, capsys):

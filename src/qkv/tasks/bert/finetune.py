@@ -237,13 +237,37 @@ def _new_classifier(
     return model
 
 
+# The fields that shape a model's weights: a checkpoint fixes them.
+_SIZES = (
+    "d_model",
+    "num_layers",
+    "num_heads",
+    "d_ff",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
+
+
 def _model_config(
     checkpoint: Path | None, preset: str | None, tok: WordPieceTokenizer, overrides: dict[str, Any]
 ) -> BertConfig:
     """The configuration of the model each seed builds: ``checkpoint``'s, or ``preset``'s
-    sized for ``tok``, with ``overrides``; a bad override raises here."""
+    sized for ``tok``, with ``overrides``; a bad override raises here, and so does a
+    size other than the checkpoint's (its weights would not fit)."""
     if checkpoint is not None:
-        return config_from_hf(read_config(checkpoint), **overrides)
+        hf = read_config(checkpoint)
+        own = config_from_hf(hf)
+        resized = [
+            f"model.{n}={overrides[n]}"
+            for n in _SIZES
+            if overrides.get(n, getattr(own, n)) != getattr(own, n)
+        ]
+        if resized:
+            raise ValueError(
+                f"{', '.join(resized)}: {checkpoint}'s weights have other sizes; a fine-tuning "
+                "of a checkpoint keeps them (other sizes: --from-scratch)"
+            )
+        return config_from_hf(hf, **overrides)
     return BertConfig.preset(
         str(preset), **{"vocab_size": tok.vocab_size, "pad_id": tok.pad_id} | overrides
     )

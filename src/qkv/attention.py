@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qkv.dropout import dropout
 from qkv.masks import causal_mask, check_mask, combine_masks, expand_padding_mask
 
 __all__ = [
@@ -151,7 +152,7 @@ def scaled_dot_product_attention(
         return AttentionOutput(out, None)
 
     weights = attention_weights(attention_scores(query, key, scale), mask)  # (..., q, k)
-    dropped = F.dropout(weights, dropout_p) if dropout_p > 0 else weights
+    dropped = dropout(weights, dropout_p)
     return AttentionOutput(dropped @ value, weights)  # (..., q, d_v)
 
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.attention import KVCache, MultiHeadAttention, weights_version
+from qkv.dropout import Dropout
 from qkv.outputs import export_output
 from qkv.quantize import QUANTIZATIONS, int8_linear, int8_unavailable, pack_int8_weight
 
@@ -72,7 +73,7 @@ class FeedForward(nn.Module):
         self.activation = activation
         self.linear1 = nn.Linear(d_model, d_ff, bias=bias)
         self.linear2 = nn.Linear(d_ff, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         hidden = _ACTIVATIONS[self.activation](self.linear1(x))  # (..., d_ff)
@@ -96,7 +97,7 @@ class AddNorm(nn.Module):
         super().__init__()
         self.norm_first = norm_first
         self.norm = nn.LayerNorm(d_model, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def before(self, x: Tensor) -> Tensor:
         return self.norm(x) if self.norm_first else x

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.config import ConfigDict
+from qkv.dropout import Dropout
 from qkv.embedding import TokenEmbedding, check_token_dtype, check_token_ids
 from qkv.layers import Encoder, EncoderLayer
 from qkv.losses import IGNORE_INDEX, cross_entropy
@@ -217,7 +218,7 @@ class BertEmbeddings(nn.Module):
         self.segment = nn.Embedding(c.type_vocab_size, c.d_model)
         self.position = LearnedPositionalEmbedding(c.d_model, c.max_position_embeddings)
         self.norm = nn.LayerNorm(c.d_model, eps=c.layer_norm_eps)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         self.pad_id = c.pad_id
         self.position_offset_by_pad = c.position_offset_by_pad
 
@@ -496,7 +497,7 @@ class DenseClassificationHead(nn.Module):
     def __init__(self, d_model: int, num_labels: int, dropout: float) -> None:
         super().__init__()
         self.dense = nn.Linear(d_model, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.out_proj = nn.Linear(d_model, num_labels)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -538,7 +539,7 @@ class _BertClassifier(nn.Module):
         self.classifier_dropout = classifier_dropout
         self.bert = BertModel(config, pooler=self.uses_pooler(config))
         p = config.dropout if classifier_dropout is None else classifier_dropout
-        self.dropout = nn.Dropout(p)
+        self.dropout = Dropout(p)
         self.classifier = self.build_head(config, num_labels, p)
         init_bert_weights(self.classifier, config.init_std)
 

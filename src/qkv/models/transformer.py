@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.config import ConfigDict
+from qkv.dropout import Dropout
 from qkv.embedding import TokenEmbedding
 from qkv.layers import (
     Activation,
@@ -159,7 +160,7 @@ class Transformer(nn.Module):
         )
         self.src_positional = self._positional(c)
         self.tgt_positional = self._positional(c)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         layer_args: dict[str, Any] = dict(
             dropout=c.dropout,
             attention_dropout=c.attention_dropout,

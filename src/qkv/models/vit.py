@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qkv.config import ConfigDict
+from qkv.dropout import Dropout
 from qkv.layers import Encoder, EncoderLayer, EncoderOutput
 from qkv.losses import cross_entropy
 from qkv.outputs import ModelOutput, export_output
@@ -326,7 +327,7 @@ class ViT(nn.Module):
         # image (BERT's [CLS]); the head reads only this token.
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.d_model))
         self._set_position_embeddings(self._new_position_embeddings(c.grid_size))
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
         layer = EncoderLayer(
             c.d_model,
             c.num_heads,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from qkv.dropout import Dropout, dropout
+from qkv.dropout import Dropout, dropout, torch_dropout
 
 N = 1 << 20
 
@@ -77,3 +78,17 @@ def test_module_is_an_nn_dropout():
     assert (layer(x) == 0).any()
     layer.eval()
     assert layer(x) is x
+
+
+def test_torch_dropout_gives_torchs_masks():
+    x = torch.randn(50, 40)
+    torch.manual_seed(5)
+    expected = F.dropout(x, 0.3, True)
+    with torch_dropout():
+        torch.manual_seed(5)
+        assert torch.equal(Dropout(0.3)(x), expected)
+        with torch_dropout(False):
+            torch.manual_seed(5)
+            assert not torch.equal(dropout(x, 0.3), expected)
+    torch.manual_seed(5)
+    assert not torch.equal(dropout(x, 0.3), expected)

@@ -13,20 +13,37 @@ The random stream differs from ``torch.nn.functional.dropout``'s: with the same
 seed, a qkv model and a ``torch``/``transformers`` one drop different elements.
 Everything else (the default generator, so ``torch.manual_seed`` still fixes a
 run; identity at evaluation; ``p = 1`` gives zeros) is as in torch. On other
-devices torch's own kernel is used: a GPU's generator is already cheap.
+devices torch's own kernel is used: a GPU's generator is already cheap. Inside
+``with torch_dropout():`` the CPU uses torch's kernel too, and so its masks.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Dropout", "dropout"]
+__all__ = ["Dropout", "dropout", "torch_dropout"]
 
 _LEVELS = 1 << 16  # values of a 16-bit integer
 _INT64_MIN = -(1 << 63)
 _INT64_MAX = (1 << 63) - 1
+_use_torch = False
+
+
+@contextmanager
+def torch_dropout(enabled: bool = True) -> Iterator[None]:
+    """Within the block, draw masks with ``F.dropout`` as torch does: the same masks as a
+    torch or ``transformers`` model given the same seed, at torch's cost."""
+    global _use_torch
+    before, _use_torch = _use_torch, enabled
+    try:
+        yield
+    finally:
+        _use_torch = before
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
@@ -35,7 +52,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p == 1.0 or not x.is_floating_point():
+    if _use_torch or x.device.type != "cpu" or p == 1.0 or not x.is_floating_point():
         return F.dropout(x, p, training)
     dropped_levels = round(p * _LEVELS)
     if dropped_levels == 0:  # p below 1/131,072 rounds to no dropout at all

@@ -57,6 +57,10 @@ def test_seeded_runs_repeat_and_evaluation_is_identity():
     assert dropout(x, 0.5, training=False) is x
     assert dropout(x, 0.0) is x
     assert torch.equal(dropout(x, 1.0), torch.zeros_like(x))
+    y = x.clone()
+    torch.manual_seed(3)
+    assert dropout(y, 0.5, inplace=True) is y and torch.equal(y, first)
+    assert torch.equal(dropout(x, 1 - 1e-6), torch.zeros_like(x))  # rounds to 1: all dropped
     with pytest.raises(ValueError, match="dropout probability"):
         dropout(x, 1.5)
 

@@ -46,24 +46,30 @@ def torch_dropout(enabled: bool = True) -> Iterator[None]:
         _use_torch = before
 
 
-def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
-    """``F.dropout(x, p, training)`` with 16 random bits an element on the CPU."""
+def dropout(x: Tensor, p: float, training: bool = True, inplace: bool = False) -> Tensor:
+    """``F.dropout(x, p, training, inplace)`` with 16 random bits an element on the CPU."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
     if not training or p == 0.0:
         return x
-    if _use_torch or x.device.type != "cpu" or p == 1.0 or not x.is_floating_point():
-        return F.dropout(x, p, training)
     dropped_levels = round(p * _LEVELS)
-    if dropped_levels == 0:  # p below 1/131,072 rounds to no dropout at all
-        return x
+    if (
+        _use_torch
+        or x.device.type != "cpu"
+        or not x.is_floating_point()
+        or dropped_levels in (0, _LEVELS)  # p within 1/131,072 of 0 or 1: torch's exact draw
+    ):
+        return F.dropout(x, p, training, inplace)
     n = x.numel()
     # random_() without bounds leaves the sign bit clear; the full int64 range
     # makes all four 16-bit slices uniform.
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
     bits = words.random_(_INT64_MIN, _INT64_MAX).view(torch.int16)[:n].view(x.shape)
     keep = bits >= dropped_levels - _LEVELS // 2  # P(keep) = 1 - dropped_levels / 65,536
-    return x * keep * (_LEVELS / (_LEVELS - dropped_levels))
+    scale = _LEVELS / (_LEVELS - dropped_levels)
+    if inplace:
+        return x.mul_(keep).mul_(scale)
+    return x * keep * scale
 
 
 class Dropout(nn.Dropout):
@@ -74,6 +80,4 @@ class Dropout(nn.Dropout):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.inplace:
-            return F.dropout(x, self.p, self.training, inplace=True)
-        return dropout(x, self.p, self.training)
+        return dropout(x, self.p, self.training, self.inplace)

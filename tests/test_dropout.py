@@ -96,3 +96,25 @@ def test_torch_dropout_gives_torchs_masks():
             assert not torch.equal(dropout(x, 0.3), expected)
     torch.manual_seed(5)
     assert not torch.equal(dropout(x, 0.3), expected)
+
+
+def test_attention_dropout_on_the_cpu_draws_qkvs_masks():
+    from qkv.attention import scaled_dot_product_attention
+
+    q, k, v = torch.randn(3, 2, 2, 9, 8).unbind(0)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, dim=-1)
+    for is_causal in (False, True):
+        torch.manual_seed(6)
+        out = scaled_dot_product_attention(q, k, v, dropout_p=0.4, is_causal=is_causal).output
+        if is_causal:
+            causal = torch.ones(9, 9, dtype=torch.bool).tril()
+            w = torch.softmax((q @ k.transpose(-1, -2) / 8**0.5).masked_fill(~causal, -1e9), -1)
+        else:
+            w = weights
+        torch.manual_seed(6)
+        torch.testing.assert_close(out, dropout(w, 0.4) @ v)
+    with torch_dropout():  # torch's fused kernel, and its masks
+        torch.manual_seed(7)
+        out = scaled_dot_product_attention(q, k, v, dropout_p=0.4).output
+    torch.manual_seed(7)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, dropout_p=0.4))

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qkv.dropout import dropout
+from qkv.dropout import draws_own_masks, dropout
 from qkv.masks import causal_mask, check_mask, combine_masks, expand_padding_mask
 
 __all__ = [
@@ -114,7 +114,9 @@ def scaled_dot_product_attention(
     With ``need_weights=False`` this runs the fused kernel
     (``torch.nn.functional.scaled_dot_product_attention``), which never builds the
     ``q × k`` weight matrix; with ``need_weights=True`` it runs the plain path and
-    returns the weights (before dropout). Both give the same output.
+    returns the weights (before dropout). Both give the same output. Dropout on a CPU
+    also takes the plain path: torch's kernel builds the weights for it anyway and draws
+    its masks one float at a time, :func:`qkv.dropout.dropout` more cheaply.
 
     Args:
         query, key, value: ``(..., q, d_k)``, ``(..., k, d_k)``, ``(..., k, d_v)``.
@@ -135,8 +137,9 @@ def scaled_dot_product_attention(
     q_len, k_len = query.shape[-2], key.shape[-2]
     if mask is not None:
         check_mask(mask, q_len, k_len, tuple(query.shape[:-2]))
+    fused = not need_weights and not (dropout_p > 0 and draws_own_masks(query))
     if is_causal:
-        if q_len == k_len and mask is None and not need_weights:
+        if q_len == k_len and mask is None and fused:
             # The fused kernel builds its own (top-left) causal mask; it is only
             # ours when q == k.
             out = F.scaled_dot_product_attention(
@@ -145,7 +148,7 @@ def scaled_dot_product_attention(
             return AttentionOutput(out, None)
         mask = combine_masks(mask, causal_mask(q_len, k_len, device=query.device))
 
-    if not need_weights:
+    if fused:
         out = F.scaled_dot_product_attention(
             query, key, value, attn_mask=mask, dropout_p=dropout_p, scale=scale
         )

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Dropout", "dropout", "torch_dropout"]
+__all__ = ["Dropout", "draws_own_masks", "dropout", "torch_dropout"]
 
 _LEVELS = 1 << 16  # values of a 16-bit integer
 _INT64_MIN = -(1 << 63)
@@ -46,6 +46,11 @@ def torch_dropout(enabled: bool = True) -> Iterator[None]:
         _use_torch = before
 
 
+def draws_own_masks(x: Tensor) -> bool:
+    """Whether :func:`dropout` draws ``x``'s masks itself rather than with torch's kernel."""
+    return not _use_torch and x.device.type == "cpu" and x.is_floating_point()
+
+
 def dropout(x: Tensor, p: float, training: bool = True, inplace: bool = False) -> Tensor:
     """``F.dropout(x, p, training, inplace)`` with 16 random bits an element on the CPU."""
     if not 0.0 <= p <= 1.0:
@@ -53,12 +58,8 @@ def dropout(x: Tensor, p: float, training: bool = True, inplace: bool = False) -
     if not training or p == 0.0:
         return x
     dropped_levels = round(p * _LEVELS)
-    if (
-        _use_torch
-        or x.device.type != "cpu"
-        or not x.is_floating_point()
-        or dropped_levels in (0, _LEVELS)  # p within 1/131,072 of 0 or 1: torch's exact draw
-    ):
+    # p within 1/131,072 of 0 or 1: torch's exact draw.
+    if not draws_own_masks(x) or dropped_levels in (0, _LEVELS):
         return F.dropout(x, p, training, inplace)
     n = x.numel()
     # random_() without bounds leaves the sign bit clear; the full int64 range

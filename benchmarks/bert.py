@@ -296,16 +296,20 @@ def finetune_comparison(args: argparse.Namespace) -> str:
         sides = {"qkv": ours, "transformers": ref}
         results: dict[str, tuple[float, float]] = {}
         for name in ["qkv", "transformers"] if seed % 2 == 0 else ["transformers", "qkv"]:
+            if name not in args.sides:
+                continue
             log(f"fine-tuning {name}, seed {seed}, {len(batches)} steps")
             results[name] = train_and_test(sides[name], batches, test_enc, test_labels, args, seed)
             log(f"  test accuracy {results[name][0]:.4f} in {results[name][1]:.0f} s")
-        (qa, qs), (ra, rs) = results["qkv"], results["transformers"]
-        accuracies["qkv"].append(qa)
-        accuracies["transformers"].append(ra)
-        lines.append(f"| {seed} | {qa:.4f} | {ra:.4f} | {qs:.0f} | {rs:.0f} |")
+            accuracies[name].append(results[name][0])
+        cells = [results.get(name) for name in ("qkv", "transformers")]
+        accuracy = [f"{c[0]:.4f}" if c else "–" for c in cells]
+        seconds = [f"{c[1]:.0f}" if c else "" for c in cells]
+        lines.append(f"| {seed} | {' | '.join(accuracy)} | {' | '.join(seconds)} |")
     if len(args.seeds) > 1:
         cells = [
-            f"{statistics.fmean(a):.4f} ± {statistics.stdev(a):.4f}" for a in accuracies.values()
+            f"{statistics.fmean(a):.4f} ± {statistics.stdev(a):.4f}" if a else "–"
+            for a in accuracies.values()
         ]
         lines.append(f"| mean ± std | {cells[0]} | {cells[1]} | | |")
     return "\n".join(lines)
@@ -380,6 +384,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="with --pairs: cpu or cuda")
     parser.add_argument("--finetune", action="store_true", help="the fine-tuning comparison only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument(
+        "--sides",
+        nargs="+",
+        choices=["qkv", "transformers"],
+        default=["qkv", "transformers"],
+        help="with --finetune: which to fine-tune (default both)",
+    )
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)

@@ -5,6 +5,10 @@ ratio is torch's time ÷ qkv's time per round (> 1: qkv faster):
 
 - one call on an activation of the shapes a MiniLM fine-tuning step drops (16 × 128
   tokens of width 384, and of the feed-forward's 1,536), in fp32 and bf16;
+- attention with dropout 0.1, forward and backward, at MiniLM's shapes (16 × 12 heads ×
+  128 × 32): qkv's ``scaled_dot_product_attention``, which on a CPU takes its plain path
+  with qkv's dropout, against the same call inside ``torch_dropout()``, which runs torch's
+  fused kernel (its math fallback, with torch's draw);
 - whole training steps (forward, backward, AdamW) of the same model, qkv's dropout
   against ``qkv.dropout.torch_dropout()`` (the same model drawing its masks with torch's
   kernel): all-MiniLM-L6-v2 with a 5-way classifier at batch 16 × 128 (the fine-tuning
@@ -41,6 +45,25 @@ def one_call(shape: tuple[int, ...], dtype: torch.dtype, rounds: int) -> tuple[f
         lambda: dropout(x, P), lambda: F.dropout(x, P, True), rounds=rounds, warmup=1.0,
         min_time=0.2,
     )  # fmt: skip
+    return 1e3 * min(theirs), 1e3 * min(ours), *ratio_spread(theirs, ours)
+
+
+def attention(rounds: int) -> tuple[float, ...]:
+    """Milliseconds of attention forward + backward with dropout, torch's and qkv's (best
+    round), and the ratio's spread."""
+    from qkv.attention import scaled_dot_product_attention
+
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(16, 12, 128, 32, generator=generator).requires_grad_() for _ in "qkv")
+
+    def call() -> None:
+        scaled_dot_product_attention(q, k, v, dropout_p=P).output.sum().backward()
+
+    def with_torch() -> None:
+        with torch_dropout():
+            call()
+
+    _, ours, theirs = time_interleaved(call, with_torch, rounds=rounds, warmup=1.0, min_time=0.3)
     return 1e3 * min(theirs), 1e3 * min(ours), *ratio_spread(theirs, ours)
 
 
@@ -131,6 +154,12 @@ def main() -> None:
                 f"| one call, {name}, ms | {theirs:.2f} | {ours:.2f} | "
                 f"{median:.2f}× ({low:.2f}–{high:.2f}) |"
             )
+    log("attention, forward and backward")
+    theirs, ours, median, low, high = attention(args.rounds)
+    lines.append(
+        f"| attention with dropout, (16, 12, 128, 32) fp32, forward + backward, ms | "
+        f"{theirs:.1f} | {ours:.1f} | {median:.2f}× ({low:.2f}–{high:.2f}) |"
+    )
     for label, make in (
         ("MiniLM fine-tuning step, 16 × 128 tokens", _minilm_step),
         ("`small` translation step, 20 × 30 + 30 tokens", _translation_step),

@@ -113,6 +113,17 @@ def ratio_spread(
     return statistics.median(ratios), min(ratios), max(ratios)
 
 
+def cpu_description() -> str:
+    """The CPU's name and the instruction sets that decide its speed here, for headings."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    if get is None:
+        return "this CPU"
+    features = get()
+    names = ("avx2", "avx512_f", "avx512_bf16", "amx_bf16", "bf16")
+    flags = ", ".join(name for name in names if features.get(name)) or "no AVX2"
+    return f"{str(features.get('cpu_name') or 'a CPU').strip()} ({flags})"
+
+
 # --- RESULTS.md ----------------------------------------------------------------------------------
 
 

@@ -29,13 +29,20 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import log, ratio_spread, time_interleaved, write_results
-from precision import _cpu_description
+from _common import cpu_description, log, ratio_spread, time_interleaved, write_results
 
 from qkv.dropout import dropout, torch_dropout
 
 SECTION = "## Dropout (benchmarks/dropout.py)"
 P = 0.1
+
+
+def _with_torch_masks(call: Callable[[], None]) -> Callable[[], None]:
+    def with_torch() -> None:
+        with torch_dropout():
+            call()
+
+    return with_torch
 
 
 def one_call(shape: tuple[int, ...], dtype: torch.dtype, rounds: int) -> tuple[float, ...]:
@@ -59,11 +66,9 @@ def attention(rounds: int) -> tuple[float, ...]:
     def call() -> None:
         scaled_dot_product_attention(q, k, v, dropout_p=P).output.sum().backward()
 
-    def with_torch() -> None:
-        with torch_dropout():
-            call()
-
-    _, ours, theirs = time_interleaved(call, with_torch, rounds=rounds, warmup=1.0, min_time=0.3)
+    _, ours, theirs = time_interleaved(
+        call, _with_torch_masks(call), rounds=rounds, warmup=1.0, min_time=0.3
+    )
     return 1e3 * min(theirs), 1e3 * min(ours), *ratio_spread(theirs, ours)
 
 
@@ -114,12 +119,7 @@ def training_step(
     """Target tokens per second, torch's masks and qkv's (best round), and the spread of
     the ratio of torch's time to qkv's."""
     step, tokens = make()
-
-    def with_torch() -> None:
-        with torch_dropout():
-            step()
-
-    _, ours, theirs = time_interleaved(step, with_torch, rounds=rounds, warmup=2.0)
+    _, ours, theirs = time_interleaved(step, _with_torch_masks(step), rounds=rounds, warmup=2.0)
     return tokens / min(theirs), tokens / min(ours), *ratio_spread(theirs, ours)
 
 
@@ -132,7 +132,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    where = _cpu_description()
+    where = cpu_description()
     log(f"{where}, {threads} threads")
     lines = [
         f"### {where}, {threads} thread{'s' if threads > 1 else ''}",

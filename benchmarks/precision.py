@@ -22,23 +22,13 @@ import datetime
 from pathlib import Path
 
 import torch
-from _common import log, ratio_spread, time_interleaved, write_results
+from _common import cpu_description, log, ratio_spread, time_interleaved, write_results
 
 from qkv.precision import bf16_is_slow, resolve_precision
 from qkv.tasks.translation import PRESETS
 
 SECTION = "## Training precision (benchmarks/precision.py)"
 CPU = torch.device("cpu")
-
-
-def _cpu_description() -> str:
-    get = getattr(torch.cpu, "get_capabilities", None)
-    if get is None:
-        return "this CPU"
-    features = get()
-    names = ("avx2", "avx512_f", "avx512_bf16", "amx_bf16", "bf16")
-    flags = ", ".join(name for name in names if features.get(name)) or "no AVX2"
-    return f"{str(features.get('cpu_name') or 'a CPU').strip()} ({flags})"
 
 
 def matmul(rows: int, d: int, d_ff: int, rounds: int) -> tuple[float, float, tuple]:
@@ -90,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    where = _cpu_description()
+    where = cpu_description()
     log(f"{where}, {torch.get_num_threads()} threads")
     lines = [
         f"### {where}",

@@ -29,8 +29,7 @@ from torch import Tensor, nn
 __all__ = ["Dropout", "draws_own_masks", "dropout", "torch_dropout"]
 
 _LEVELS = 1 << 16  # values of a 16-bit integer
-_INT64_MIN = -(1 << 63)
-_INT64_MAX = (1 << 63) - 1
+_INT64 = torch.iinfo(torch.int64)
 _use_torch = False
 
 
@@ -65,7 +64,7 @@ def dropout(x: Tensor, p: float, training: bool = True, inplace: bool = False) -
     # random_() without bounds leaves the sign bit clear; the full int64 range
     # makes all four 16-bit slices uniform.
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
-    bits = words.random_(_INT64_MIN, _INT64_MAX).view(torch.int16)[:n].view(x.shape)
+    bits = words.random_(_INT64.min, _INT64.max).view(torch.int16)[:n].view(x.shape)
     keep = bits >= dropped_levels - _LEVELS // 2  # P(keep) = 1 - dropped_levels / 65,536
     scale = _LEVELS / (_LEVELS - dropped_levels)
     if inplace:
